@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Build one of the images in images/. Usage: images/build.sh NAME TAG [docker build args...]
+#
+# The build context is assembled in a temporary folder: the image's own folder, this project's
+# source (for images that install it), and extra-ca.crt, the CA bundle named by EXTRA_CA_CERT
+# (empty when unset). Labs behind a TLS-inspecting proxy set EXTRA_CA_CERT so that pip and npm
+# inside the build trust the proxy.
+set -euo pipefail
+
+name=$1 tag=$2
+shift 2
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+[ -f "$here/$name/Dockerfile" ] || { echo "error: no images/$name/Dockerfile" >&2; exit 1; }
+
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+cp -a "$here/$name/." "$context/"
+if [ -n "${EXTRA_CA_CERT:-}" ]; then
+    [ -r "$EXTRA_CA_CERT" ] || { echo "error: EXTRA_CA_CERT=$EXTRA_CA_CERT is not a readable file" >&2; exit 1; }
+    cp "$EXTRA_CA_CERT" "$context/extra-ca.crt"
+else
+    : >"$context/extra-ca.crt"
+fi
+mkdir -p "$context/src"
+(cd "$root" && git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md provisioner hub kernelspecs 2>/dev/null \
+    || find pyproject.toml README.md provisioner hub kernelspecs -type f -print0) \
+    | (cd "$root" && xargs -0 cp --parents -t "$context/src")
+
+docker build --tag "$tag" "$@" "$context"

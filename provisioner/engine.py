@@ -1,0 +1,440 @@
+"""Carrying out kernel container specs on a Docker engine with the Docker SDK.
+
+Every method here blocks; the provisioner calls them from a thread pool so the Jupyter
+server's event loop never waits on the engine. A launch either returns a started container
+or removes whatever it created and raises a `KernelLaunchError` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import DeviceRequest
+
+from . import labels as L
+from .errors import (
+    EngineUnreachable,
+    ImageNotAvailable,
+    KernelConfigError,
+    KernelLaunchError,
+)
+from .gpus import GpuRequest, gpu_unavailable, is_gpu_driver_error, resolve_gpus
+from .identity import merged_group, merged_passwd
+from .mounts import is_mounted
+from .spec import (
+    CONNECTION_DIR,
+    CONNECTION_FILE,
+    ContainerState,
+    KernelContainerSpec,
+    LaunchedContainer,
+)
+
+T = TypeVar("T")
+PULL_POLICIES = ("never", "if-not-present", "always")
+
+
+def _engine_message(error: Exception) -> str:
+    if isinstance(error, docker.errors.APIError):
+        return str(error.explanation or error)
+    return str(error)
+
+
+class DockerEngine:
+    """A connection to one Docker engine, shared by all kernels of a server process."""
+
+    _shared: dict[str, DockerEngine] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, base_url: str | None = None, timeout: float = 120) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._api: docker.APIClient | None = None
+        self._lock = threading.Lock()
+        self._image_files: dict[str, tuple[str, str]] = {}
+        self._networks: set[str] = set()
+        self._info: dict[str, Any] | None = None
+
+    @classmethod
+    def shared(cls, base_url: str | None = None) -> DockerEngine:
+        """One engine object per address and process: it caches image and network facts."""
+        key = base_url or ""
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(base_url)
+            return cls._shared[key]
+
+    # -- connection ------------------------------------------------------------------------
+
+    def where(self) -> str:
+        return self.base_url or docker.utils.kwargs_from_env().get(
+            "base_url", "unix:///var/run/docker.sock"
+        )
+
+    @property
+    def api(self) -> docker.APIClient:
+        with self._lock:
+            if self._api is None:
+                kwargs = docker.utils.kwargs_from_env()
+                if self.base_url:
+                    kwargs["base_url"] = self.base_url
+                try:
+                    self._api = docker.APIClient(
+                        version="auto", timeout=self.timeout, max_pool_size=64, **kwargs
+                    )
+                except docker.errors.DockerException as e:
+                    raise self._unreachable(e) from None
+            return self._api
+
+    def _unreachable(self, error: Exception) -> EngineUnreachable:
+        return EngineUnreachable(
+            f"Cannot reach the Docker engine at {self.where()}: {error}. Is Docker running "
+            "(`systemctl start docker`), and may this user use it? In the lab hub, kernels "
+            "start through the kernel broker; ask the lab's admin to check `make logs`."
+        )
+
+    @contextmanager
+    def _talking(self) -> Iterator[None]:
+        """Turn transport failures into EngineUnreachable."""
+        try:
+            yield
+        except (requests.exceptions.ConnectionError, ConnectionError) as e:
+            raise self._unreachable(e) from None
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._talking():
+            return fn(*args, **kwargs)
+
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = self.call(self.api.info)
+        return self._info
+
+    # -- launching -------------------------------------------------------------------------
+
+    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
+        spec.identity.refuse_root(spec.allow_root)
+        with self._talking():
+            image_id = self._ensure_image(spec.image, spec.pull_policy)
+            self._ensure_network(spec.network)
+            self._check_volumes(spec)
+            gpus = (
+                spec.gpus
+                if isinstance(spec.gpus, GpuRequest)
+                else resolve_gpus(spec.gpus, self.info())
+            )
+            container_id = self._create(spec, gpus)
+            try:
+                self.api.put_archive(
+                    container_id, "/", self._files_archive(spec, image_id, container_id)
+                )
+                self._start(container_id, spec, gpus)
+                return self._describe(container_id, spec, gpus)
+            except BaseException:
+                self.remove(container_id)
+                raise
+
+    def _ensure_image(self, image: str, policy: str) -> str:
+        if policy not in PULL_POLICIES:
+            raise KernelConfigError(
+                f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, not {policy!r}"
+            )
+        if policy == "always":
+            self._pull(image)
+        try:
+            return self.api.inspect_image(image)["Id"]
+        except docker.errors.ImageNotFound:
+            if policy == "never":
+                raise ImageNotAvailable(
+                    f"The kernel image {image!r} is not on the Docker engine at {self.where()}. "
+                    "Build it (in the labnotebook checkout: `make images`), or pull it "
+                    f"(`docker pull {image}`), or let kernels pull it by setting "
+                    "image_pull_policy to 'if-not-present'."
+                ) from None
+        self._pull(image)
+        return self.api.inspect_image(image)["Id"]
+
+    def _pull(self, image: str) -> None:
+        repository, _, tag = (
+            image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+        )
+        try:
+            self.api.pull(repository, tag=tag or "latest")
+        except docker.errors.APIError as e:
+            raise ImageNotAvailable(
+                f"Pulling the kernel image {image!r} failed: {_engine_message(e)}. Check the "
+                "name and the registry login, or build the image locally (`make images`)."
+            ) from None
+
+    def _ensure_network(self, name: str) -> None:
+        if name in self._networks or name in ("bridge", "host", "none"):
+            if name in ("host", "none"):
+                raise KernelConfigError(
+                    f"network {name!r} cannot be used for kernels: the server must reach the "
+                    "kernel's ports on its own address. Use a bridge network such as 'labnotebook'."
+                )
+            return
+        if not self.api.networks(names=[name]):
+            try:
+                self.api.create_network(
+                    name,
+                    driver="bridge",
+                    check_duplicate=True,
+                    labels={L.ROLE: "network"},
+                )
+            except docker.errors.APIError as e:
+                # Another server created it at the same moment: that is fine.
+                if not self.api.networks(names=[name]):
+                    raise KernelLaunchError(
+                        f"Could not create the kernel network {name!r}: {_engine_message(e)}"
+                    ) from None
+        self._networks.add(name)
+
+    def _check_volumes(self, spec: KernelContainerSpec) -> None:
+        for mount in spec.mounts:
+            if mount.is_host_path:
+                continue
+            try:
+                self.api.inspect_volume(mount.source)
+            except docker.errors.NotFound:
+                # Docker would silently create an empty volume; a typo must not do that.
+                raise KernelConfigError(
+                    f"The kernel's volume {mount.source!r} (mounted at {mount.target}) does not "
+                    f"exist. Create it with `docker volume create {mount.source}`, or fix the "
+                    "volume name in the kernelspec."
+                ) from None
+
+    def _create(self, spec: KernelContainerSpec, gpus: GpuRequest) -> str:
+        identity = spec.identity
+        port_bindings = (
+            {p: ("127.0.0.1", None) for p in spec.ports.values()} if spec.publish_ports else None
+        )
+        host_config = self.api.create_host_config(
+            mounts=[m.docker_mount() for m in spec.mounts],
+            network_mode=spec.network,
+            init=spec.init,
+            mem_limit=spec.memory,
+            nano_cpus=spec.nano_cpus,
+            shm_size=spec.shm_size,
+            pids_limit=spec.pids_limit,
+            group_add=[str(g) for g in identity.supplementary_groups] or None,
+            device_requests=[DeviceRequest(**_snake(r)) for r in gpus.device_requests()] or None,
+            port_bindings=port_bindings,
+            security_opt=["no-new-privileges:true"],
+            cap_drop=None if identity.uid == 0 else ["ALL"],
+        )
+        try:
+            created = self.api.create_container(
+                spec.image,
+                command=spec.argv,
+                user=f"{identity.uid}:{identity.gid}",
+                environment=spec.env,
+                working_dir=spec.working_dir,
+                labels=spec.labels,
+                name=spec.name,
+                host_config=host_config,
+                ports=list(spec.ports.values()) if spec.publish_ports else None,
+                detach=True,
+            )
+        except docker.errors.APIError as e:
+            if e.status_code == 409 and spec.name:
+                # A leftover of this same kernel (a crashed server, say): replace it.
+                self._remove_leftover(spec)
+                return self._create(spec, gpus)
+            raise KernelLaunchError(
+                f"Docker refused to create the kernel container: {_engine_message(e)}"
+            ) from None
+        return created["Id"]
+
+    def _remove_leftover(self, spec: KernelContainerSpec) -> None:
+        try:
+            old = self.api.inspect_container(spec.name)
+        except docker.errors.NotFound:
+            return
+        old_labels = old["Config"]["Labels"] or {}
+        if old_labels.get(L.KERNEL_ID) != spec.kernel_id or old_labels.get(L.OWNER_UID) != str(
+            spec.identity.uid
+        ):
+            raise KernelLaunchError(
+                f"A container named {spec.name!r} already exists and is not this kernel's."
+            )
+        self.remove(old["Id"])
+
+    def _image_account_files(self, image_id: str, container_id: str) -> tuple[str, str]:
+        """The image's own /etc/passwd and /etc/group (cached per image ID)."""
+        if image_id not in self._image_files:
+            texts = []
+            for path in ("/etc/passwd", "/etc/group"):
+                try:
+                    stream, _ = self.api.get_archive(container_id, path)
+                    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                        member = tar.next()
+                        extracted = tar.extractfile(member) if member else None
+                        texts.append(extracted.read().decode() if extracted else "")
+                except docker.errors.NotFound:
+                    texts.append("")  # scratch or distroless images may have none
+            self._image_files[image_id] = (texts[0], texts[1])
+        return self._image_files[image_id]
+
+    def _files_archive(self, spec: KernelContainerSpec, image_id: str, container_id: str) -> bytes:
+        """One tar with the user's account entries, the connection file and, if unmounted, home."""
+        passwd, group = self._image_account_files(image_id, container_id)
+        identity = spec.identity
+        now = time.time()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+
+            def add(path: str, mode: int, uid: int, gid: int, data: bytes | None = None) -> None:
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, now
+                if data is None:
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                else:
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+            add("/etc/passwd", 0o644, 0, 0, merged_passwd(passwd, identity).encode())
+            add("/etc/group", 0o644, 0, 0, merged_group(group, identity).encode())
+            add(CONNECTION_DIR, 0o700, identity.uid, identity.gid)
+            add(
+                CONNECTION_FILE,
+                0o600,
+                identity.uid,
+                identity.gid,
+                json.dumps(spec.connection, indent=1).encode(),
+            )
+            if not is_mounted(identity.home, spec.mounts):
+                # No shared home: give the user a private scratch home inside the container.
+                add(identity.home, 0o700, identity.uid, identity.gid)
+        return buffer.getvalue()
+
+    def _start(self, container_id: str, spec: KernelContainerSpec, gpus: GpuRequest) -> None:
+        try:
+            self.api.start(container_id)
+        except docker.errors.APIError as e:
+            message = _engine_message(e)
+            if gpus.wanted and is_gpu_driver_error(message):
+                raise gpu_unavailable(gpus, message) from None
+            if "executable file not found" in message or "no such file or directory" in message:
+                raise KernelLaunchError(
+                    f"The image {spec.image!r} cannot run the kernel command {spec.argv[0]!r}: "
+                    f"{message}. Use an image that has it (rebuild with `make images`), or fix "
+                    "the kernelspec's argv."
+                ) from None
+            raise KernelLaunchError(
+                f"Docker could not start the kernel container: {message}"
+            ) from None
+
+    def _describe(
+        self, container_id: str, spec: KernelContainerSpec, gpus: GpuRequest
+    ) -> LaunchedContainer:
+        details = self.api.inspect_container(container_id)
+        settings = details["NetworkSettings"]
+        if spec.publish_ports:
+            ip = "127.0.0.1"
+            ports = {}
+            for name, port in spec.ports.items():
+                bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
+                if not bindings:
+                    break  # exited already; the caller sees it from the state
+                ports[name] = int(bindings[0]["HostPort"])
+            else:
+                return LaunchedContainer(
+                    container_id,
+                    details["Name"].lstrip("/"),
+                    ip,
+                    ports,
+                    gpus.describe() if gpus.wanted else "",
+                )
+            ports = spec.ports
+        else:
+            network = (settings.get("Networks") or {}).get(spec.network) or {}
+            ip = network.get("IPAddress") or ""
+            ports = spec.ports
+        return LaunchedContainer(
+            container_id,
+            details["Name"].lstrip("/"),
+            ip,
+            ports,
+            gpus.describe() if gpus.wanted else "",
+        )
+
+    # -- running containers ----------------------------------------------------------------
+
+    def state(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None if it no longer exists."""
+        try:
+            details = self.call(self.api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return None
+        state = details["State"]
+        running = bool(state.get("Running"))
+        return ContainerState(
+            running=running,
+            exit_code=None if running else int(state.get("ExitCode", -1)),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=state.get("Error") or "",
+        )
+
+    def signal(self, container_id: str, signum: int) -> None:
+        try:
+            self.call(self.api.kill, container_id, signal=int(signum))
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: not running, which is what a signal wanted anyway
+                raise
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.call(self.api.remove_container, container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409 or "already in progress" not in str(e):
+                raise
+
+    def logs(self, container_id: str, tail: int = 20) -> str:
+        try:
+            raw = self.call(self.api.logs, container_id, tail=tail, stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            return ""
+        return raw.decode(errors="replace").rstrip()
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        """Block until the container exits (its exit code), or None after `timeout` seconds."""
+        try:
+            result = self.call(self.api.wait, container_id, timeout=timeout)
+        except docker.errors.NotFound:
+            return -1
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            return None
+        return int(result.get("StatusCode", -1))
+
+    # -- finding kernels -------------------------------------------------------------------
+
+    def kernel_containers(self, owner_uid: int | None = None) -> list[dict[str, Any]]:
+        filters = [f"{L.ROLE}={L.KERNEL_ROLE}"]
+        if owner_uid is not None:
+            filters.append(f"{L.OWNER_UID}={owner_uid}")
+        return self.call(self.api.containers, all=True, filters={"label": filters})
+
+
+def _snake(request: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "driver": request["Driver"],
+        "count": request["Count"],
+        "device_ids": request["DeviceIDs"],
+        "capabilities": request["Capabilities"],
+        "options": request["Options"],
+    }

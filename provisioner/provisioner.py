@@ -1,0 +1,615 @@
+"""`DockerKernelProvisioner`: every Jupyter kernel in its own sibling Docker container.
+
+Selected by a kernelspec with::
+
+    "metadata": {"kernel_provisioner": {"provisioner_name": "labnotebook-docker",
+                                        "config": {"image": "labnotebook/kernel-python:latest"}}}
+
+The kernelspec's `argv` is the command run *inside* the container; `{connection_file}` becomes
+the in-container path of the connection file, which is copied into the container before it
+starts (no bind mount of a server path, so Docker-out-of-Docker and remote engines work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal as signals
+import string
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from docker.utils import parse_bytes
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import (
+    Any as AnyTrait,
+)
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    validate,
+)
+
+from . import labels as L
+from .engine import PULL_POLICIES, DockerEngine
+from .errors import KernelConfigError, KernelDiedDuringStart, KernelLaunchError
+from .gpus import parse_gpus
+from .identity import KernelIdentity
+from .mounts import Mount, container_path
+from .spec import (
+    CONNECTION_FILE,
+    PORT_NAMES,
+    ContainerState,
+    KernelContainerSpec,
+    LaunchedContainer,
+)
+
+T = TypeVar("T")
+
+# Docker calls block; they run here so the server's event loop never waits on the engine.
+# Own pool: kernels must not starve (or be starved by) the loop's default executor.
+_DOCKER_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="labnotebook-docker")
+
+# ipykernel >= 7 exits at start when JPY_PARENT_PID names a process it cannot see (our init).
+_NEVER_PASSED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE"})
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(
+        _DOCKER_CALLS, partial(fn, *args, **kwargs)
+    )
+
+
+class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
+    """Launches each kernel in its own container on a Docker engine, as the launching user."""
+
+    # -- what runs ---------------------------------------------------------------------------
+
+    image = Unicode(
+        "",
+        config=True,
+        help="""The kernel's Docker image, e.g. "labnotebook/kernel-python:latest". Required.
+        The image must contain the kernelspec's argv[0] (for Python kernels: python3 with
+        ipykernel). The image's own users, /etc and default environment are kept.""",
+    )
+    image_pull_policy = CaselessStrEnum(
+        PULL_POLICIES,
+        default_value="never",
+        config=True,
+        help="""When to pull the image from a registry: "never" (the default: a missing image
+        is an error that says how to build it, never a silent multi-minute download),
+        "if-not-present", or "always" (pull before every start).""",
+    )
+    init = Bool(
+        True,
+        config=True,
+        help="""Run Docker's init process as PID 1 in the container. It forwards signals
+        (interrupts reach the kernel) and reaps zombie processes. Leave on.""",
+    )
+
+    # -- where it runs -----------------------------------------------------------------------
+
+    docker_host = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Address of the Docker engine, e.g. "unix:///var/run/docker.sock" or
+        "tcp://host:2376". Default: DOCKER_HOST from the environment, else the local socket.""",
+    )
+    network = Unicode(
+        "labnotebook",
+        config=True,
+        help="""User-defined bridge network the kernel containers join; created when absent.
+        A Jupyter server that itself runs in a container must be attached to it.""",
+    )
+    connect_via = CaselessStrEnum(
+        ["container-ip", "published-ports"],
+        default_value="container-ip",
+        config=True,
+        help="""How the server reaches the kernel's ports. "container-ip" (default): the
+        container's address on `network`; nothing is published on the host. "published-ports":
+        Docker publishes the ports on the host's 127.0.0.1 only, for engines whose container
+        addresses the server cannot route to (Docker Desktop on macOS or Windows).""",
+    )
+    launch_timeout = Float(
+        120.0,
+        config=True,
+        help="""Seconds to wait for the kernel inside the container to open its ports. A
+        kernel that exits earlier is reported at once, with its last log lines.""",
+    )
+
+    # -- who runs it -------------------------------------------------------------------------
+
+    uid = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="""UID the kernel runs as. Default: the UID of the Jupyter server process, with
+        its primary group, supplementary groups, name and home from the server's account
+        database. Set it (with username and home if the UID has no account on the server)
+        only when a privileged server launches kernels for others.""",
+    )
+    gid = Int(None, allow_none=True, config=True, help="Primary GID; default: the user's.")
+    username = Unicode(
+        None, allow_none=True, config=True, help="User name inside the kernel; default: the user's."
+    )
+    home = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="Home folder inside the kernel; default: the user's.",
+    )
+    extra_groups = List(
+        Union([Int(), Unicode()]),
+        default_value=[],
+        config=True,
+        help="""Additional groups (GIDs or group names known to the server) the kernel
+        process belongs to, besides the user's own supplementary groups.""",
+    )
+    allow_root = Bool(
+        False,
+        config=True,
+        help="""Allow kernels to run as UID 0 or GID 0. Off: a server started as root
+        refuses to start Docker kernels rather than hand out root containers.""",
+    )
+
+    # -- what it sees ------------------------------------------------------------------------
+
+    volumes = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Mounts in Docker's `-v` syntax, SOURCE:TARGET[:ro]. SOURCE is a named volume
+        (which must exist: a typo must not create an empty one) or an absolute host path
+        (as the *engine's host* sees it). Placeholders {username}, {uid} and {home} are
+        filled in per user. Example: ["labnotebook-homedirs:/home", "/data/raw:/data:ro"].""",
+    )
+    path_translations = Dict(
+        Unicode(),
+        default_value={},
+        config=True,
+        help="""Server path prefix -> container path prefix, for finding the notebook's folder
+        inside the kernel when the server sees a mounted folder under another path.
+        Host-path volumes and volumes mounted at the same path as on the server are
+        translated without this. The kernel starts in the notebook's folder when it is
+        mounted, else in $HOME.""",
+    )
+    env_allowlist = List(
+        Unicode(),
+        default_value=["LANG", "LC_ALL", "LC_CTYPE", "TZ", "JPY_SESSION_NAME"],
+        config=True,
+        help="""Names of the server's environment variables passed to the kernel. Only these
+        and the kernelspec's `env` reach the kernel, never the server's whole environment
+        (it holds tokens). HOME, USER and LOGNAME are always set for the kernel user.""",
+    )
+
+    # -- limits and devices ------------------------------------------------------------------
+
+    memory = Union(
+        [Int(), Unicode()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""Memory limit, in bytes or with a unit: "8g", "512m". Default: no limit.""",
+    )
+    cpus = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Number of CPUs the kernel may use, e.g. 2 or 0.5. Default: no limit.",
+    )
+    shm_size = Union(
+        [Int(), Unicode()],
+        default_value="1g",
+        allow_none=True,
+        config=True,
+        help="""Size of /dev/shm. Docker's 64 MB default breaks PyTorch data loaders and
+        multiprocessing with large arrays; default "1g".""",
+    )
+    pids_limit = Int(
+        4096,
+        allow_none=True,
+        config=True,
+        help="""Maximum number of processes and threads in the kernel container, so a fork
+        bomb in one notebook cannot take the host down. None or -1: no limit.""",
+    )
+    gpus = AnyTrait(
+        "auto",
+        config=True,
+        help="""GPUs for the kernel: "none", "all", a count (2), a list of device IDs or UUIDs
+        (["0", "GPU-3f2a..."]), or "auto" (default): all GPUs when the engine has the NVIDIA
+        runtime or CDI devices, none otherwise, so one kernelspec works everywhere.""",
+    )
+    labels = Dict(
+        Unicode(),
+        default_value={},
+        config=True,
+        help="""Extra labels for the kernel containers. Labels under "org.labnotebook." are
+        reserved (kernel id, owner, launching server) and cannot be overridden.""",
+    )
+
+    # -- validation of settings --------------------------------------------------------------
+
+    @validate("memory", "shm_size")
+    def _valid_size(self, proposal: dict[str, Any]) -> Any:
+        value = proposal["value"]
+        if value is None:
+            return None
+        try:
+            size = parse_bytes(value) if isinstance(value, str) else int(value)
+        except Exception:
+            size = -1
+        if not isinstance(size, int) or size <= 0:
+            raise TraitError(
+                f"{proposal['trait'].name} must be a positive size such as 2147483648, "
+                f'"512m" or "8g"; got {value!r}'
+            )
+        return value
+
+    @validate("cpus")
+    def _valid_cpus(self, proposal: dict[str, Any]) -> Any:
+        value = proposal["value"]
+        if value is not None and value <= 0:
+            raise TraitError(f"cpus must be a positive number such as 2 or 0.5; got {value!r}")
+        return value
+
+    @validate("pids_limit")
+    def _valid_pids(self, proposal: dict[str, Any]) -> Any:
+        value = proposal["value"]
+        if value is not None and value != -1 and value <= 0:
+            raise TraitError(f"pids_limit must be positive (or -1 for no limit); got {value!r}")
+        return value
+
+    @validate("gpus")
+    def _valid_gpus(self, proposal: dict[str, Any]) -> Any:
+        try:
+            parse_gpus(proposal["value"])
+        except KernelConfigError as e:
+            raise TraitError(str(e)) from None
+        return proposal["value"]
+
+    @validate("volumes")
+    def _valid_volumes(self, proposal: dict[str, Any]) -> Any:
+        placeholders = {"username": "u", "uid": "0", "home": "/h"}
+        for spec in proposal["value"]:
+            try:
+                Mount.parse(spec, placeholders)
+            except KernelConfigError as e:
+                raise TraitError(str(e)) from None
+        return proposal["value"]
+
+    # -- state -------------------------------------------------------------------------------
+
+    container_id: str | None = None
+    container_name: str | None = None
+    _engine: Any = None
+    _shutting_down = False
+    _exit_reported = False
+    _cwd: str | None = None
+
+    @property
+    def engine(self) -> Any:
+        """The engine that carries out launches: the Docker SDK, or the lab's kernel broker."""
+        if self._engine is None:
+            self._engine = DockerEngine.shared(self.docker_host)
+        return self._engine
+
+    @property
+    def has_process(self) -> bool:
+        return self.container_id is not None
+
+    # -- launching ---------------------------------------------------------------------------
+
+    def identity(self) -> KernelIdentity:
+        extra = tuple(_gid(g) for g in self.extra_groups)
+        if self.uid is None and self.username is None:
+            identity = KernelIdentity.of_current_process(extra)
+        elif self.username is None or self.home is None:
+            identity = KernelIdentity.of_uid(os.getuid() if self.uid is None else self.uid, extra)
+        else:
+            identity = KernelIdentity.build(
+                username=self.username,
+                uid=os.getuid() if self.uid is None else self.uid,
+                gid=self.gid if self.gid is not None else (self.uid or os.getgid()),
+                home=self.home,
+                groups=extra,
+            )
+        if self.gid is not None and identity.gid != self.gid:
+            identity = KernelIdentity.build(
+                username=identity.username,
+                uid=identity.uid,
+                gid=self.gid,
+                home=identity.home,
+                groups=identity.groups,
+            )
+        identity.refuse_root(self.allow_root)
+        return identity
+
+    def _environment(self, server_env: dict[str, str], identity: KernelIdentity) -> dict[str, str]:
+        from string import Template
+
+        env = {k: server_env[k] for k in self.env_allowlist if k in server_env}
+        for key, value in (self.kernel_spec.env if self.kernel_spec else {}).items():
+            env[key] = Template(value).safe_substitute(server_env)
+        env.update(identity.environment())
+        for key in _NEVER_PASSED:
+            env.pop(key, None)
+        return env
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        """Build the container spec: identity, mounts, env, ports and the connection file."""
+        if not self.image:
+            raise KernelConfigError(
+                f"The kernelspec {self._kernel_name()!r} uses the labnotebook-docker provisioner "
+                'but names no image. Add it to kernel.json: "metadata": {"kernel_provisioner": '
+                '{"provisioner_name": "labnotebook-docker", "config": {"image": '
+                '"labnotebook/kernel-python:latest"}}}.'
+            )
+        km = self.parent
+        identity = self.identity()
+        substitutions = {
+            "username": identity.username,
+            "uid": str(identity.uid),
+            "home": identity.home,
+        }
+        mounts = [Mount.parse(v, substitutions) for v in self.volumes]
+        gpus = parse_gpus(self.gpus)
+
+        # Fresh ports on every launch: a restarted kernel is a new container with a new
+        # address, and jupyter_server re-creates its channels only when the ports change.
+        ports = random.sample(range(20000, 60000), len(PORT_NAMES))
+        key = km.session.key.decode() if km is not None else uuid.uuid4().hex
+        connection: dict[str, Any] = {
+            "ip": "0.0.0.0",
+            "transport": "tcp",
+            "key": key,
+            "signature_scheme": km.session.signature_scheme if km is not None else "hmac-sha256",
+            "kernel_name": self._kernel_name(),
+            **dict(zip(PORT_NAMES, ports, strict=True)),
+        }
+        extra_arguments = kwargs.pop("extra_arguments", [])
+        argv = [
+            a.replace("{connection_file}", CONNECTION_FILE)
+            for a in self.kernel_spec.argv + extra_arguments
+        ]
+        argv = [a.replace("{resource_dir}", self.kernel_spec.resource_dir) for a in argv]
+
+        cwd = kwargs.get("cwd")
+        working_dir = container_path(str(cwd), mounts, self.path_translations) if cwd else None
+        self._cwd = working_dir or identity.home
+
+        server_env = kwargs.pop("env", None) or dict(os.environ)
+        spec = KernelContainerSpec(
+            kernel_id=self.kernel_id or str(uuid.uuid4()),
+            kernel_name=self._kernel_name(),
+            image=self.image,
+            argv=argv,
+            identity=identity,
+            connection=connection,
+            env=self._environment(server_env, identity),
+            working_dir=self._cwd,
+            mounts=mounts,
+            network=self.network,
+            publish_ports=self.connect_via == "published-ports",
+            memory=_bytes(self.memory),
+            nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+            shm_size=_bytes(self.shm_size),
+            pids_limit=self.pids_limit,
+            gpus=gpus,
+            labels=L.kernel_labels(
+                kernel_id=self.kernel_id or "",
+                kernel_name=self._kernel_name(),
+                owner=identity.username,
+                owner_uid=identity.uid,
+                extra=self.labels,
+            ),
+            pull_policy=self.image_pull_policy,
+            name=f"labnotebook-{_safe(identity.username)}-{self.kernel_id}",
+            init=self.init,
+            allow_root=self.allow_root,
+        )
+        kwargs["spec"] = spec
+        kwargs["cmd"] = argv
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        spec: KernelContainerSpec = kwargs["spec"]
+        self._shutting_down = False
+        self._exit_reported = False
+        launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
+        self.container_id = launched.container_id
+        self.container_name = launched.name
+        try:
+            if spec.publish_ports:
+                # docker-proxy accepts connections before the kernel listens; nothing to probe.
+                await self._check_still_running()
+            else:
+                await self._wait_until_listening(launched)
+        except BaseException:
+            await self._remove_container()
+            raise
+        self.log.info(
+            "Kernel %s started in container %s (%s, image %s%s)",
+            self.kernel_id,
+            launched.name,
+            launched.ip,
+            spec.image,
+            f", {launched.gpus}" if launched.gpus else "",
+        )
+        info = dict(spec.connection)
+        info.update(launched.ports)
+        info["ip"] = launched.ip
+        info["key"] = spec.connection["key"].encode()
+        self.connection_info = info
+        return self.connection_info
+
+    async def _wait_until_listening(self, launched: LaunchedContainer) -> None:
+        """Return once the kernel accepts connections; raise at once if its container exits.
+
+        Probing the shell port on the container's address costs a refused SYN per try, and lets
+        the client connect as soon as the kernel binds (instead of after ZeroMQ's reconnect
+        back-off), so the wait is on the start's critical path anyway.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.launch_timeout
+        state_check: asyncio.Future[Any] | None = None
+        delay = 0.005
+        while True:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(launched.ip, launched.ports["shell_port"]), 1.0
+                )
+                writer.close()
+                return
+            except (OSError, asyncio.TimeoutError):
+                pass
+            if state_check is None:
+                state_check = asyncio.ensure_future(
+                    in_thread(self.engine.state, launched.container_id)
+                )
+            elif state_check.done():
+                state = state_check.result()
+                if state is None or not state.running:
+                    await self._raise_died(state)
+                state_check = None
+            if loop.time() > deadline:
+                raise KernelLaunchError(
+                    f"The kernel in container {launched.name} did not open its ports within "
+                    f"{self.launch_timeout:.0f} s. Its last output:\n"
+                    + await in_thread(self.engine.logs, launched.container_id)
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    async def _check_still_running(self) -> None:
+        state = await in_thread(self.engine.state, self.container_id)
+        if state is None or not state.running:
+            await self._raise_died(state)
+
+    async def _raise_died(self, state: ContainerState | None) -> None:
+        logs = await in_thread(self.engine.logs, self.container_id) if self.container_id else ""
+        code = state.exit_code if state else None
+        hint = ""
+        if code == 127 or ("exec" in logs and "failed" in logs):
+            hint = (
+                f" The image {self.image!r} does not have the kernel's program "
+                f"{self.kernel_spec.argv[0]!r}; use an image that does, or fix argv."
+            )
+        elif state is not None and state.oom_killed:
+            hint = " It ran out of memory; raise the kernel's memory limit."
+        raise KernelDiedDuringStart(
+            f"The kernel's container exited during start (exit code {code}).{hint}"
+            + (f"\nIts last log lines:\n{logs}" if logs else " It printed nothing."),
+            exit_code=code,
+            logs=logs,
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        if self.container_id is None:
+            return 0
+        state = await in_thread(self.engine.state, self.container_id)
+        if state is not None and state.running:
+            return None
+        code = state.exit_code if state is not None else -1
+        if not self._shutting_down and not self._exit_reported:
+            self._exit_reported = True
+            logs = await in_thread(self.engine.logs, self.container_id)
+            self.log.warning(
+                "Kernel %s: container %s exited unexpectedly with code %s%s. Last log lines:\n%s",
+                self.kernel_id,
+                self.container_name,
+                code,
+                " (out of memory)" if state is not None and state.oom_killed else "",
+                logs,
+            )
+        return code
+
+    async def wait(self) -> int | None:
+        while (code := await self.poll()) is None:
+            await asyncio.sleep(0.05)
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        if self.container_id is None:
+            return
+        if signum == 0:
+            return
+        await in_thread(self.engine.signal, self.container_id, signum)
+
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        self._shutting_down = True
+
+    async def kill(self, restart: bool = False) -> None:
+        self._shutting_down = True
+        await self.send_signal(signals.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        self._shutting_down = True
+        await self.send_signal(signals.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await self._remove_container()
+
+    async def _remove_container(self) -> None:
+        if self.container_id is not None:
+            self._shutting_down = True
+            await in_thread(self.engine.remove, self.container_id)
+            self.container_id = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    def resolve_path(self, path: str) -> str | None:
+        if path.startswith("~"):
+            return None
+        return path if os.path.isabs(path) else None
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(container_id=self.container_id, container_name=self.container_name)
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = provisioner_info.get("container_id")
+        self.container_name = provisioner_info.get("container_name")
+
+    def _kernel_name(self) -> str:
+        return getattr(self.kernel_spec, "name", None) or getattr(
+            self.parent, "kernel_name", "docker"
+        )
+
+
+def _bytes(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def _gid(group: int | str) -> int:
+    if isinstance(group, int) or str(group).isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise KernelConfigError(f"extra_groups: no group named {group!r} on the server") from None
+
+
+def _safe(name: str) -> str:
+    allowed = string.ascii_letters + string.digits + "_.-"
+    return "".join(c if c in allowed else "-" for c in name) or "user"

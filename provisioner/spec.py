@@ -1,0 +1,90 @@
+"""The complete, engine-neutral description of one kernel container.
+
+The provisioner builds a `KernelContainerSpec` from its configuration; an engine (the Docker
+SDK directly, or the lab's root-owned broker) turns it into a running container. The spec is
+plain data that round-trips through JSON, so the broker can check every field before acting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .gpus import GpuRequest
+from .identity import KernelIdentity
+from .mounts import Mount
+
+CONNECTION_DIR = "/run/labnotebook"
+CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+@dataclass
+class KernelContainerSpec:
+    kernel_id: str
+    kernel_name: str
+    image: str
+    argv: list[str]
+    identity: KernelIdentity
+    connection: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    mounts: list[Mount] = field(default_factory=list)
+    network: str = "labnotebook"
+    publish_ports: bool = False
+    memory: int | None = None
+    nano_cpus: int | None = None
+    shm_size: int | None = None
+    pids_limit: int | None = None
+    gpus: str | GpuRequest = field(default_factory=GpuRequest)
+    labels: dict[str, str] = field(default_factory=dict)
+    pull_policy: str = "never"
+    name: str | None = None
+    init: bool = True
+    allow_root: bool = False
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {name: int(self.connection[name]) for name in PORT_NAMES}
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["identity"]["group_names"] = {str(k): v for k, v in self.identity.group_names.items()}
+        if isinstance(self.gpus, str):
+            data["gpus"] = self.gpus
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KernelContainerSpec:
+        data = dict(data)
+        ident = dict(data.pop("identity"))
+        ident["groups"] = tuple(int(g) for g in ident.get("groups", ()))
+        ident["group_names"] = {int(k): str(v) for k, v in ident.get("group_names", {}).items()}
+        gpus = data.pop("gpus", None)
+        if isinstance(gpus, dict):
+            gpus = GpuRequest(
+                count=int(gpus.get("count", 0)), device_ids=tuple(gpus.get("device_ids", ()))
+            )
+        elif gpus != "auto":
+            gpus = GpuRequest()
+        mounts = [Mount(**m) for m in data.pop("mounts", [])]
+        return cls(identity=KernelIdentity(**ident), gpus=gpus, mounts=mounts, **data)
+
+
+@dataclass(frozen=True)
+class LaunchedContainer:
+    """What the engine reports back about a started kernel container."""
+
+    container_id: str
+    name: str
+    ip: str
+    ports: dict[str, int]
+    gpus: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None
+    oom_killed: bool = False
+    error: str = ""
