@@ -8,6 +8,8 @@ HUB_IMAGE ?= labnotebook/hub:latest
 EXTRA_CA_CERT ?=
 export EXTRA_CA_CERT
 
+include hub/hub.mk
+
 .PHONY: help install images base-image kernel-image kernelspec test test-fast lint bench clean-kernels
 
 help:

@@ -107,6 +107,15 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         help="""Address of the Docker engine, e.g. "unix:///var/run/docker.sock" or
         "tcp://host:2376". Default: DOCKER_HOST from the environment, else the local socket.""",
     )
+    broker_socket = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="""Path of the lab's kernel broker socket. When set, kernels are launched,
+        signalled and removed by the root-owned broker (which decides the user, groups and
+        mounts itself) instead of by talking to the Docker engine. The lab hub sets this for
+        every user's server; leave unset for a single user with direct Docker access.""",
+    )
     network = Unicode(
         "labnotebook",
         config=True,
@@ -302,7 +311,12 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def engine(self) -> Any:
         """The engine that carries out launches: the Docker SDK, or the lab's kernel broker."""
         if self._engine is None:
-            self._engine = DockerEngine.shared(self.docker_host)
+            if self.broker_socket:
+                from .broker_client import BrokerEngine
+
+                self._engine = BrokerEngine(self.broker_socket)
+            else:
+                self._engine = DockerEngine.shared(self.docker_host)
         return self._engine
 
     @property

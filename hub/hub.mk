@@ -1,0 +1,1 @@
+# Hub targets: make up, down, logs, backup, restore, upgrade (see README).
