@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import docker
 import docker.errors
@@ -52,7 +52,7 @@ def _engine_message(error: Exception) -> str:
 class DockerEngine:
     """A connection to one Docker engine, shared by all kernels of a server process."""
 
-    _shared: dict[str, DockerEngine] = {}
+    _shared: ClassVar[dict[str, DockerEngine]] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, base_url: str | None = None, timeout: float = 120) -> None:

@@ -47,6 +47,7 @@ from .errors import KernelConfigError, KernelDiedDuringStart, KernelLaunchError
 from .gpus import parse_gpus
 from .identity import KernelIdentity
 from .mounts import Mount, container_path
+from .reaper import prune
 from .spec import (
     CONNECTION_FILE,
     PORT_NAMES,
@@ -62,6 +63,8 @@ T = TypeVar("T")
 _DOCKER_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="labnotebook-docker")
 
 # ipykernel >= 7 exits at start when JPY_PARENT_PID names a process it cannot see (our init).
+_reaped = False
+
 _NEVER_PASSED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE"})
 
 
@@ -246,6 +249,14 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         config=True,
         help="""Extra labels for the kernel containers. Labels under "org.labnotebook." are
         reserved (kernel id, owner, launching server) and cannot be overridden.""",
+    )
+
+    reap_orphans = Bool(
+        True,
+        config=True,
+        help="""At the first kernel start, remove (in the background) kernel containers whose
+        launching server on this host has exited, e.g. after a crash. With a broker, the
+        broker does this instead.""",
     )
 
     # -- validation of settings --------------------------------------------------------------
@@ -439,6 +450,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         spec: KernelContainerSpec = kwargs["spec"]
+        self._reap_orphans_once()
         self._shutting_down = False
         self._exit_reported = False
         launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
@@ -467,6 +479,24 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         info["key"] = spec.connection["key"].encode()
         self.connection_info = info
         return self.connection_info
+
+    def _reap_orphans_once(self) -> None:
+        """Remove, in the background, kernel containers left behind by servers that died."""
+        global _reaped
+        if _reaped or not self.reap_orphans or self.broker_socket:
+            return
+        _reaped = True
+        owner = None if os.getuid() == 0 else os.getuid()
+
+        def reap() -> None:
+            try:
+                for kernel in prune(self.engine, owner_uid=owner):
+                    self.log.info("Removed orphaned kernel container %s (owner %s)",
+                                  kernel.name, kernel.owner)
+            except Exception as e:  # never let housekeeping break a kernel start
+                self.log.warning("Could not prune orphaned kernel containers: %s", e)
+
+        _DOCKER_CALLS.submit(reap)
 
     async def _wait_until_listening(self, launched: LaunchedContainer) -> None:
         """Return once the kernel accepts connections; raise at once if its container exits.

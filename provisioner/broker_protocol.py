@@ -1,0 +1,113 @@
+"""The wire protocol between users' Jupyter servers and the lab's root-owned kernel broker.
+
+One JSON object per line over a Unix stream socket, strictly request then response:
+
+    {"op": "launch", "spec": {...}}            ->  {"ok": true, "result": {...}}
+    {"op": "state", "container": "3f2a..."}    ->  {"ok": false, "error": "PermissionRefused",
+                                                    "message": "..."}
+
+Who is asking is never part of a request: the broker reads the caller's UID from the kernel
+(SO_PEERCRED). Error names are the exception classes of `errors.py`, so the client re-raises
+the very class (and message) the broker raised and users see the broker's explanation.
+It lives in the provisioner package because both sides need it and the hub already depends on
+the provisioner, never the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import struct
+from typing import Any
+
+from .errors import (
+    EngineUnreachable,
+    GpuUnavailable,
+    ImageNotAvailable,
+    KernelConfigError,
+    KernelDiedDuringStart,
+    KernelLaunchError,
+    PermissionRefused,
+)
+
+DEFAULT_SOCKET = "/run/labnotebook/broker.sock"
+
+# A launch request carries argv, env and the connection file: generous, but bounded, so one
+# connection cannot make the root daemon buffer without limit.
+MAX_LINE = 1 << 20
+
+# The operations a user may ask for; "reap" additionally needs a root peer.
+OPS = ("hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap")
+
+# Signals a kernel's owner may send: interrupt, the usual ways to stop, and the user signals
+# some kernels use. Not SIGSTOP/SIGCONT (a stopped kernel looks dead to its server), nor
+# anything that would reach the container's init in surprising ways. 0 checks existence.
+ALLOWED_SIGNALS = frozenset(
+    {
+        0,
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGKILL,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGQUIT,
+    }
+)
+
+ERROR_CLASSES: dict[str, type[KernelLaunchError]] = {
+    cls.__name__: cls
+    for cls in (
+        KernelLaunchError,
+        KernelConfigError,
+        EngineUnreachable,
+        ImageNotAvailable,
+        GpuUnavailable,
+        KernelDiedDuringStart,
+        PermissionRefused,
+    )
+}
+
+_UCRED = struct.Struct("3i")
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    """`(pid, uid, gid)` of the process at the other end of a connected Unix socket.
+
+    The kernel records them when the connection is made, so they cannot be forged by what the
+    peer sends. Works on plain sockets and on asyncio's TransportSocket wrappers.
+    """
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def error_response(error: BaseException) -> dict[str, Any]:
+    """The wire form of a refusal or failure; unknown exception types become KernelLaunchError."""
+    name = type(error).__name__
+    for cls in type(error).__mro__:
+        if cls.__name__ in ERROR_CLASSES and issubclass(cls, KernelLaunchError):
+            name = cls.__name__
+            break
+    else:
+        name = KernelLaunchError.__name__
+    response: dict[str, Any] = {"ok": False, "error": name, "message": str(error)}
+    if isinstance(error, KernelDiedDuringStart):
+        response.update(exit_code=error.exit_code, logs=error.logs)
+    return response
+
+
+def error_from_response(response: dict[str, Any]) -> KernelLaunchError:
+    """The exception a failed response stands for, with the broker's own message."""
+    cls = ERROR_CLASSES.get(str(response.get("error")), KernelLaunchError)
+    message = str(response.get("message") or "The kernel broker refused the request.")
+    if cls is KernelDiedDuringStart:
+        return KernelDiedDuringStart(
+            message, exit_code=response.get("exit_code"), logs=str(response.get("logs") or "")
+        )
+    return cls(message)
