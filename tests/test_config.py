@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 from jupyter_client.kernelspec import KernelSpec
-from traitlets import TraitError
-from traitlets.config import Config
-
 from labnotebook.provisioner import DockerKernelProvisioner
 from labnotebook.provisioner.errors import KernelConfigError
 from labnotebook.provisioner.gpus import GpuRequest, engine_has_gpus, parse_gpus, resolve_gpus
 from labnotebook.provisioner.identity import KernelIdentity, merged_group, merged_passwd
 from labnotebook.provisioner.mounts import Mount, container_path
+from traitlets import TraitError
+from traitlets.config import Config
 
 
 def make(**config: object) -> DockerKernelProvisioner:

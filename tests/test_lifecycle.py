@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from labnotebook.provisioner import labels as L
 
 from .conftest import run_code, session_containers
