@@ -1,0 +1,527 @@
+"""The kernel broker: kernels through a broker, never the Docker socket.
+
+In the lab hub, users' Jupyter servers run as ordinary Unix users and must never reach the
+Docker socket: whoever can talk to it is root on the host. This root-owned daemon is the only
+thing in the hub that does. It listens on a world-connectable Unix socket and launches,
+signals, inspects and removes kernel containers on the callers' behalf, deciding *as whom*
+from the caller's credentials as the operating system reports them (SO_PEERCRED), never
+from anything in the request, and deciding *what* from the admin's `LaunchPolicy`.
+
+Run it as root inside the hub container::
+
+    python3 -m labnotebook.hub.broker --socket /run/labnotebook/broker.sock \\
+        --config /etc/labnotebook/broker_config.py
+
+and point users' servers at it with ``c.DockerKernelProvisioner.broker_socket``. The wire
+protocol is in `labnotebook.provisioner.broker_protocol`; the client is
+`labnotebook.provisioner.broker_client.BrokerEngine`.
+
+The Docker SDK blocks, so every engine call runs in a thread pool while the asyncio loop keeps
+serving: one slow launch (a cold image, a busy engine) does not hold up anybody else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import grp
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, ClassVar, TypeVar
+
+import docker.errors
+from labnotebook.provisioner import __version__
+from labnotebook.provisioner import labels as L
+from labnotebook.provisioner.broker_protocol import (
+    ALLOWED_SIGNALS,
+    DEFAULT_SOCKET,
+    MAX_LINE,
+    OPS,
+    encode,
+    error_response,
+    peer_credentials,
+)
+from labnotebook.provisioner.engine import DockerEngine
+from labnotebook.provisioner.errors import (
+    KernelConfigError,
+    KernelLaunchError,
+    PermissionRefused,
+)
+from traitlets import Any as AnyTrait
+from traitlets import Float, Int, Unicode, default
+from traitlets.config import Application, catch_config_error
+
+from .broker_policy import _TOKEN, LaunchPolicy, Peer
+
+T = TypeVar("T")
+_NOT_GIVEN = object()
+
+
+def _username(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
+    """The op's arguments, checked: `fields` maps name -> type, or (type, default)."""
+    unknown = set(request) - set(fields) - {"op"}
+    if unknown:
+        raise KernelConfigError(
+            f"The broker's {op!r} takes no {', '.join(sorted(map(repr, unknown)))}. (Who is "
+            "asking is never part of a request: the broker asks the operating system.)"
+        )
+    values = {}
+    for name, kind in fields.items():
+        kind, default = kind if isinstance(kind, tuple) else (kind, _NOT_GIVEN)
+        value = request.get(name, default)
+        if value is _NOT_GIVEN:
+            raise KernelConfigError(f"The broker's {op!r} needs {name!r}.")
+        if value is not None and (
+            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+        ):
+            raise KernelConfigError(f"The broker's {op!r}: {name!r} has the wrong type.")
+        values[name] = value
+    return values
+
+
+def _container_ref(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise KernelConfigError(f"{value!r} is not a container ID or name.")
+    return value
+
+
+class KernelBroker(Application):
+    """The root daemon that carries out kernel container requests for the hub's users."""
+
+    name = "labnotebook-broker"
+    description = "Launch, signal, inspect and remove users' kernel containers for them."
+    version = __version__
+    classes: ClassVar[list[type]] = [LaunchPolicy]
+    aliases: ClassVar[dict[str, str]] = {
+        "socket": "KernelBroker.socket_path",
+        "config": "KernelBroker.config_file",
+        "f": "KernelBroker.config_file",
+        "docker-host": "KernelBroker.docker_host",
+        "network": "LaunchPolicy.network",
+        "log-level": "Application.log_level",
+    }
+
+    socket_path = Unicode(
+        DEFAULT_SOCKET,
+        config=True,
+        help="""Path of the Unix socket users' servers connect to. Its folder must belong to
+        root and be writable by nobody else, so the socket cannot be swapped for a fake.""",
+    )
+    socket_mode = Int(
+        0o666,
+        config=True,
+        help="""Permissions of the socket. World-connectable by default: authorisation is by
+        the caller's UID, as the operating system reports it.""",
+    )
+    config_file = Unicode("", config=True, help="The broker's config file (.py or .json).")
+    docker_host = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="The Docker engine's address; default: DOCKER_HOST, else the local socket.",
+    )
+    workers = Int(32, config=True, help="Threads for Docker calls (launches run concurrently).")
+    max_requests_per_user = Int(
+        16,
+        config=True,
+        help="""Requests one UID may have in progress at once; more wait their turn, so one
+        user cannot take every worker.""",
+    )
+    max_connections_per_user = Int(
+        64, config=True, help="Connections one UID may hold open; more are closed at once."
+    )
+    max_wait = Float(600.0, config=True, help="Longest a 'wait' request may block, in seconds.")
+    reap_interval = Float(
+        60.0,
+        config=True,
+        help="""Seconds between sweeps that remove kernel containers whose launching server
+        process is gone (so a stopped user server leaves no kernels). 0: never.""",
+    )
+    engine = AnyTrait(None, help="The DockerEngine (tests may inject another).")
+
+    @default("log_format")
+    def _log_format_default(self) -> str:
+        return "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            if not os.path.isfile(self.config_file):
+                self.log.critical("The broker's config file %s does not exist.", self.config_file)
+                self.exit(2)
+            self.load_config_file(
+                os.path.basename(self.config_file), path=os.path.dirname(self.config_file)
+            )
+        self.policy = LaunchPolicy(parent=self, log=self.log)
+        if self.engine is None:
+            self.engine = DockerEngine(self.docker_host)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="broker-docker")
+        # Waits block for long; they get their own threads so they never delay launches.
+        self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
+        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._connections: dict[int, int] = defaultdict(int)
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def serve(self, stop: asyncio.Event | None = None) -> None:
+        """Listen until SIGTERM/SIGINT (or `stop` is set), then remove the socket."""
+        path = os.path.abspath(self.socket_path)
+        self._prepare_socket_folder(path)
+        server = await asyncio.start_unix_server(self._serve_connection, path=path, limit=MAX_LINE)
+        os.chmod(path, self.socket_mode)
+        if stop is None:
+            stop = asyncio.Event()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        self.log.info(
+            "Kernel broker %s listening on %s (network %s, images %s, lab mounts %s)",
+            __version__,
+            path,
+            self.policy.network,
+            ", ".join(self.policy.allowed_images),
+            ", ".join(self.policy.lab_mounts) or "none",
+        )
+        await self._run(self._check_engine)
+        reaper = asyncio.create_task(self._reap_forever()) if self.reap_interval > 0 else None
+        try:
+            async with server:
+                await stop.wait()
+        finally:
+            if reaper:
+                reaper.cancel()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._wait_pool.shutdown(wait=False, cancel_futures=True)
+            self.log.info("Kernel broker stopped.")
+
+    def _prepare_socket_folder(self, path: str) -> None:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+        info = os.lstat(folder)
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            self.log.critical(
+                "Refusing to serve in %s: it must be a folder owned by UID %d that no one "
+                "else can write to, or another user could replace the broker's socket.",
+                folder,
+                os.geteuid(),
+            )
+            self.exit(1)
+        if os.path.lexists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # left over from a broker that is gone
+            else:
+                self.log.critical("Another kernel broker is already serving %s.", path)
+                self.exit(1)
+            finally:
+                probe.close()
+
+    def _check_engine(self) -> None:
+        """Warn early about an unreachable engine, or a Docker socket users could open."""
+        try:
+            self.engine.info()
+        except Exception as e:
+            self.log.warning("The Docker engine is not reachable yet: %s", e)
+        where = self.engine.where() if hasattr(self.engine, "where") else ""
+        if not where.startswith(("unix://", "http+unix://")):
+            return
+        try:
+            info = os.stat(where.split("://", 1)[1])
+        except OSError:
+            return
+        group_users: list[str] = []
+        if info.st_mode & stat.S_IRWXG and info.st_gid != 0:
+            with contextlib.suppress(KeyError):
+                group_users = list(grp.getgrgid(info.st_gid).gr_mem)
+            group_users += [p.pw_name for p in pwd.getpwall() if p.pw_gid == info.st_gid]
+        if info.st_mode & stat.S_IRWXO or group_users:
+            self.log.warning(
+                "The Docker socket %s can be used without the broker (mode %o, group %s: %s). "
+                "Users could start any container; make it root-only.",
+                where,
+                stat.S_IMODE(info.st_mode),
+                info.st_gid,
+                ", ".join(group_users) or "everyone",
+            )
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            peer = Peer(*peer_credentials(writer.get_extra_info("socket")))
+        except OSError:
+            writer.close()
+            return
+        self._connections[peer.uid] += 1
+        try:
+            if self._connections[peer.uid] > self.max_connections_per_user:
+                self.log.warning("%s has too many connections open", _username(peer.uid))
+                writer.write(
+                    encode(
+                        error_response(
+                            PermissionRefused(
+                                "Too many connections to the kernel broker from this user."
+                            )
+                        )
+                    )
+                )
+                await writer.drain()
+                return
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than MAX_LINE: we cannot find the next request
+                    refusal = KernelConfigError(
+                        f"A request to the kernel broker must be one line under {MAX_LINE} bytes."
+                    )
+                    writer.write(encode(error_response(refusal)))
+                    await writer.drain()
+                    return
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                writer.write(encode(await self.respond(peer, line)))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._connections[peer.uid] -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @contextlib.asynccontextmanager
+    async def _user_slot(self, uid: int) -> AsyncIterator[None]:
+        slot = self._slots.setdefault(uid, asyncio.Semaphore(self.max_requests_per_user))
+        async with slot:
+            yield
+
+    async def respond(self, peer: Peer, line: bytes) -> dict[str, Any]:
+        """One response for one request line, and one log line saying who did what."""
+        started = time.perf_counter()
+        op, target, outcome = "?", "-", "ok"
+        try:
+            try:
+                request = json.loads(line)
+            except ValueError as e:
+                raise KernelConfigError(f"A broker request must be one JSON object: {e}") from None
+            if not isinstance(request, dict):
+                raise KernelConfigError("A broker request must be a JSON object.")
+            op = str(request.get("op"))[:32]
+            if op not in OPS:
+                raise KernelConfigError(
+                    f"The kernel broker has no operation {op!r} (it knows {', '.join(OPS)})."
+                )
+            target = str(request.get("container") or "-")[:12]
+            if op == "launch" and isinstance(request.get("spec"), dict):
+                target = "kernel " + str(request["spec"].get("kernel_id"))[:40]
+            async with self._user_slot(peer.uid):
+                response = await getattr(self, f"_op_{op}")(peer, request)
+            if op == "launch":
+                target = response["result"]["name"]
+            return response
+        except Exception as e:
+            if not isinstance(e, KernelLaunchError):
+                if isinstance(e, docker.errors.APIError):
+                    e = KernelLaunchError(f"The Docker engine refused: {e.explanation or e}")
+                else:
+                    self.log.exception("Broker failure on %s for UID %d", op, peer.uid)
+                    e = KernelLaunchError(
+                        f"The kernel broker failed ({type(e).__name__}: {e}); the lab's admin "
+                        "will find details in the broker's log."
+                    )
+            outcome = type(e).__name__
+            return error_response(e)
+        finally:
+            self.log.info(
+                "%s(%d) pid %d %s %s: %s in %.1f ms",
+                _username(peer.uid),
+                peer.uid,
+                peer.pid,
+                op,
+                target,
+                outcome,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _run(self, fn: Callable[..., T], *args: Any, pool: Any = None) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool or self._pool, partial(fn, *args))
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def _op_hello(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        _arguments(request, "hello")
+        return {
+            "ok": True,
+            "result": {
+                "broker": __version__,
+                "peer": {**peer._asdict(), "username": _username(peer.uid)},
+                "network": self.policy.network,
+            },
+        }
+
+    async def _op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "launch", spec=dict)
+
+        def launch() -> tuple[dict[str, Any], float]:
+            spec = self.policy.admit(peer, args["spec"])
+            started = time.perf_counter()
+            launched = self.engine.launch(spec)
+            return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
+
+        result, engine_ms = await self._run(launch)
+        return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
+
+    def _owned(self, peer: Peer, container: str) -> str | None:
+        """The full ID of `container` if it is one of the peer's kernels; None if it is gone."""
+        try:
+            details = self.engine.call(self.engine.api.inspect_container, container)
+        except docker.errors.NotFound:
+            return None
+        labels = details.get("Config", {}).get("Labels") or {}
+        if labels.get(L.ROLE) != L.KERNEL_ROLE or (
+            not peer.is_root and labels.get(L.OWNER_UID) != str(peer.uid)
+        ):
+            raise PermissionRefused(
+                f"Container {container} is not one of your kernels; you can only act on kernel "
+                "containers you started."
+            )
+        return details["Id"]
+
+    async def _on_owned(
+        self, peer: Peer, container: str, action: Callable[[str], T], missing: T, pool: Any = None
+    ) -> dict[str, Any]:
+        def checked() -> T:
+            container_id = self._owned(peer, _container_ref(container))
+            return missing if container_id is None else action(container_id)
+
+        return {"ok": True, "result": await self._run(checked, pool=pool)}
+
+    async def _op_state(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "state", container=str)
+
+        def state(container_id: str) -> dict[str, Any] | None:
+            current = self.engine.state(container_id)
+            return dataclasses.asdict(current) if current is not None else None
+
+        return await self._on_owned(peer, args["container"], state, None)
+
+    async def _op_signal(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "signal", container=str, signal=int)
+        if args["signal"] not in ALLOWED_SIGNALS:
+            names = (signal.Signals(s).name if s else "0" for s in sorted(ALLOWED_SIGNALS))
+            raise PermissionRefused(
+                f"Signal {args['signal']} cannot be sent to kernels through the broker (allowed: "
+                f"{', '.join(names)})."
+            )
+
+        def send(container_id: str) -> None:
+            if args["signal"] != 0:  # 0 only asks whether the kernel is there: checked already
+                self.engine.signal(container_id, args["signal"])
+
+        return await self._on_owned(peer, args["container"], send, None)
+
+    async def _op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "remove", container=str)
+        return await self._on_owned(peer, args["container"], self.engine.remove, None)
+
+    async def _op_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "logs", container=str, tail=(int, 20))
+        tail = max(0, min(args["tail"], 2_000))
+        return await self._on_owned(
+            peer, args["container"], lambda cid: self.engine.logs(cid, tail)[-(MAX_LINE // 2) :], ""
+        )
+
+    async def _op_wait(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "wait", container=str, timeout=((int, float), 60.0))
+        timeout = max(0.0, min(float(args["timeout"]), self.max_wait))
+        return await self._on_owned(
+            peer,
+            args["container"],
+            lambda cid: self.engine.wait(cid, timeout),
+            -1,
+            pool=self._wait_pool,
+        )
+
+    async def _op_list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "list", owner_uid=(int, None))
+        owner = args["owner_uid"]
+        if not peer.is_root:
+            if owner is not None and owner != peer.uid:
+                raise PermissionRefused("You can only list your own kernels.")
+            owner = peer.uid
+        return {"ok": True, "result": await self._run(self.engine.kernel_containers, owner)}
+
+    async def _op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        _arguments(request, "reap")
+        if not peer.is_root:
+            raise PermissionRefused("Only root may ask the broker to reap kernels.")
+        return {"ok": True, "result": await self._run(self.reap)}
+
+    # -- reaping -----------------------------------------------------------------------------
+
+    def reap(self) -> list[str]:
+        """Remove kernel containers whose launching server process is known to be gone."""
+        removed = []
+        for container in self.engine.kernel_containers():
+            labels = container.get("Labels") or {}
+            server = labels.get(L.SERVER, "")
+            if not server or L.server_is_gone(server) is not True:
+                continue
+            name = ((container.get("Names") or [""])[0] or container["Id"][:12]).lstrip("/")
+            self.engine.remove(container["Id"])
+            self.log.info(
+                "Reaped kernel container %s of %s: its server %s is gone",
+                name,
+                labels.get(L.OWNER, "?"),
+                server,
+            )
+            removed.append(name)
+        return removed
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self._run(self.reap)
+            except Exception:
+                self.log.exception("Reaping kernel containers failed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python3 -m labnotebook.hub.broker --socket PATH --config FILE`."""
+    KernelBroker.launch_instance(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""What the kernel broker lets a user's launch request become.
+
+A user's Jupyter server sends a whole `KernelContainerSpec`, but only some of it is the
+user's to decide (the command, environment, image among the lab's, limits up to the lab's
+caps). Everything that decides *who* the kernel is and *what it can reach* - the UID and
+groups, the mounts, the network, the labels the broker later trusts, the container name - is
+recomputed here from the peer's kernel-verified UID and the admin's configuration.
+
+`LaunchPolicy.admit` is a pure function of (peer, request, configuration): it never talks to
+the Docker engine, so a refused request cannot have left anything behind, and the policy is
+unit-testable without Docker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+import string
+from typing import Any, NamedTuple
+
+from docker.utils import parse_bytes
+from labnotebook.provisioner import labels as L
+from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.gpus import GpuRequest
+from labnotebook.provisioner.identity import KernelIdentity
+from labnotebook.provisioner.mounts import Mount
+from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
+from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
+from traitlets.config import LoggingConfigurable
+
+# Every field of KernelContainerSpec, each reviewed for what a user may do with it. The spec
+# is the *only* way anything reaches DockerEngine, and it has no field for privileges, host
+# namespaces, capabilities or devices (GPUs aside). A field added to the spec later is not
+# in this set, so every launch carrying it is refused until someone reviews it here (and
+# tests/test_broker.py::test_every_spec_field_is_reviewed fails meanwhile).
+REVIEWED_FIELDS = frozenset(
+    {
+        "kernel_id",  # checked: a safe token; it names the container
+        "kernel_name",  # checked: printable text, only shown in labels
+        "image",  # must match allowed_images
+        "argv",  # the user's own program, run as the user
+        "identity",  # IGNORED: recomputed from the peer's UID
+        "connection",  # checked: ports and key, written into the user's container
+        "env",  # the user's own environment; HOME/USER/LOGNAME forced to the account's
+        "working_dir",  # any absolute path inside the user's container
+        "mounts",  # lab mounts always; requested ones only from allowed_mounts
+        "network",  # FORCED to the configured network
+        "publish_ports",  # refused: nothing of a kernel is published on the host
+        "memory",  # capped by max_memory
+        "nano_cpus",  # capped by max_cpus
+        "shm_size",  # capped by max_shm_size
+        "pids_limit",  # capped by max_pids
+        "gpus",  # allowed (allow_gpus): the only devices a kernel can get
+        "labels",  # org.labnotebook.* overwritten by the broker
+        "pull_policy",  # must be in allowed_pull_policies
+        "name",  # IGNORED: recomputed from the user name and kernel id
+        "init",  # the user's choice
+        "allow_root",  # IGNORED: only the broker's allow_root decides
+    }
+)
+REQUIRED_FIELDS = ("kernel_id", "kernel_name", "image", "argv", "connection")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+
+
+class Peer(NamedTuple):
+    """The process at the other end of the broker's socket, as the OS reports it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+
+def _size(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    return parse_bytes(value) if isinstance(value, str) else int(value)
+
+
+def _human_bytes(n: int) -> str:
+    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes"
+
+
+def _safe(name: str) -> str:
+    """The container-name-safe form of a user name (as the provisioner spells it)."""
+    allowed = string.ascii_letters + string.digits + "_.-"
+    return "".join(c if c in allowed else "-" for c in name) or "user"
+
+
+def _text(field: str, value: Any, *, limit: int = 4096, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise KernelConfigError(f"Kernel spec field {field!r} must be text, not {value!r}")
+    if (not value and not allow_empty) or len(value) > limit or "\0" in value:
+        raise KernelConfigError(f"Kernel spec field {field!r} is empty, too long or has NUL")
+    return value
+
+
+def _int(field: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise KernelConfigError(f"Kernel spec field {field!r} must be a whole number or null")
+    return value
+
+
+class LaunchPolicy(LoggingConfigurable):
+    """The admin's rules for kernel containers started through the broker.
+
+    Configure in the broker's config file, e.g.::
+
+        c.LaunchPolicy.lab_mounts = ["labnotebook-homedirs:/home"]
+        c.LaunchPolicy.allowed_mounts = ["labnotebook-datasets:/data:ro"]
+        c.LaunchPolicy.max_memory = "16g"
+    """
+
+    lab_mounts = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Mounts every kernel gets, in Docker's -v syntax SOURCE:TARGET[:ro], with
+        {username}, {uid} and {home} filled in for the user; e.g.
+        ["labnotebook-homedirs:/home"]. A user's request for the same mount is merged.""",
+    )
+    allowed_mounts = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Further mounts a kernelspec may ask for, SOURCE:TARGET[:ro], matched
+        exactly on source and target (placeholders as for lab_mounts). An entry ending in :ro
+        may only be mounted read-only; a read-write entry may also be asked for read-only.
+        Any other host path or volume is refused.""",
+    )
+    network = Unicode(
+        "labnotebook",
+        config=True,
+        help="""The Docker network every kernel joins, whatever the request says. The hub
+        must be attached to it to reach the kernels' ports.""",
+    )
+    allowed_images = List(
+        Unicode(),
+        default_value=["labnotebook/*"],
+        config=True,
+        help="""Shell-style patterns (fnmatch, case-sensitive) of the images kernels may run,
+        matched against the image reference as requested, e.g. ["labnotebook/*"].""",
+    )
+    allowed_pull_policies = List(
+        CaselessStrEnum(["never", "if-not-present", "always"]),
+        default_value=["never", "if-not-present"],
+        config=True,
+        help="""Pull policies a kernelspec may use. "always" is off by default: it would let
+        any user make the engine download on every kernel start.""",
+    )
+    allow_root = Bool(
+        False,
+        config=True,
+        help="""Let root (UID 0) peers start kernels, which then run as root. Off: root has
+        the Docker socket anyway and should not need the broker.""",
+    )
+    allow_gpus = Bool(
+        True,
+        config=True,
+        help="""Let kernels ask for GPUs (the only devices a kernel container can get).""",
+    )
+    over_limit = CaselessStrEnum(
+        ["refuse", "clamp"],
+        default_value="refuse",
+        config=True,
+        help="""What to do with a request above a max_* cap: "refuse" it with a message that
+        names the cap (the default: users learn why), or "clamp" it to the cap. A request with
+        no limit always gets the cap.""",
+    )
+    max_memory = Union(
+        [Int(), Unicode()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""Largest memory limit a kernel may have, in bytes or as "16g". None: no cap.""",
+    )
+    max_cpus = Float(
+        None,
+        allow_none=True,
+        config=True,
+        help="Largest number of CPUs a kernel may use, e.g. 4. None: no cap.",
+    )
+    max_shm_size = Union(
+        [Int(), Unicode()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="Largest /dev/shm a kernel may have, as for max_memory. None: no cap.",
+    )
+    max_pids = Int(
+        4096,
+        allow_none=True,
+        config=True,
+        help="""Largest number of processes and threads in a kernel container, so that a fork
+        bomb cannot take the host down. None: no cap (not recommended).""",
+    )
+
+    @validate("max_memory", "max_shm_size")
+    def _valid_size(self, proposal: dict[str, Any]) -> Any:
+        try:
+            size = _size(proposal["value"])
+        except Exception:
+            size = -1
+        if size is not None and size <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be a positive size like '8g'")
+        return proposal["value"]
+
+    @validate("lab_mounts", "allowed_mounts")
+    def _valid_mounts(self, proposal: dict[str, Any]) -> Any:
+        for entry in proposal["value"]:
+            try:
+                Mount.parse(entry, {"username": "u", "uid": "1000", "home": "/home/u"})
+            except KernelConfigError as e:
+                raise TraitError(f"{proposal['trait'].name}: {e}") from None
+        return proposal["value"]
+
+    # -- the decision -----------------------------------------------------------------------
+
+    def admit(self, peer: Peer, request: Any) -> KernelContainerSpec:
+        """The spec the broker will launch for `peer`, or a refusal that says why."""
+        if not isinstance(request, dict):
+            raise KernelConfigError("A launch request needs a 'spec' object (KernelSpec JSON).")
+        spec_fields = {f.name for f in dataclasses.fields(KernelContainerSpec)}
+        unknown = sorted(set(request) - (REVIEWED_FIELDS & spec_fields))
+        if unknown:
+            raise PermissionRefused(
+                f"The kernel broker does not accept {', '.join(map(repr, unknown))} in a kernel "
+                "spec. Kernels never get privileges, host namespaces, extra capabilities or "
+                "devices other than GPUs; remove these settings."
+            )
+        missing = [f for f in REQUIRED_FIELDS if request.get(f) is None]
+        if missing:
+            raise KernelConfigError(f"The kernel spec lacks {', '.join(missing)}.")
+
+        identity = self.identity_of(peer)
+        kernel_id = _text("kernel_id", request["kernel_id"], limit=128)
+        if not _TOKEN.match(kernel_id):
+            raise KernelConfigError(
+                f"kernel_id {kernel_id!r} must be letters, digits, '_', '.', '-' (a UUID)."
+            )
+        kernel_name = _text("kernel_name", request["kernel_name"], limit=255)
+        if not kernel_name.isprintable():
+            raise KernelConfigError("kernel_name must be printable text.")
+        image = self._image(_text("image", request["image"], limit=512))
+        pull_policy = str(request.get("pull_policy") or "never").lower()
+        if pull_policy not in [p.lower() for p in self.allowed_pull_policies]:
+            raise PermissionRefused(
+                f"Image pull policy {pull_policy!r} is not allowed in this lab (allowed: "
+                f"{', '.join(self.allowed_pull_policies)}). Set image_pull_policy accordingly."
+            )
+        if request.get("publish_ports"):
+            raise PermissionRefused(
+                "Kernels in this lab are reached on the kernel network, never on ports "
+                "published on the host. Set connect_via = 'container-ip' (the default)."
+            )
+        substitutions = {
+            "username": identity.username,
+            "uid": str(identity.uid),
+            "home": identity.home,
+        }
+        init = request.get("init", True)
+        if not isinstance(init, bool):
+            raise KernelConfigError("Kernel spec field 'init' must be true or false.")
+        working_dir = request.get("working_dir")
+        if working_dir is not None and not _text("working_dir", working_dir).startswith("/"):
+            raise KernelConfigError(f"working_dir must be an absolute path: {working_dir!r}")
+
+        return KernelContainerSpec(
+            kernel_id=kernel_id,
+            kernel_name=kernel_name,
+            image=image,
+            argv=self._argv(request["argv"]),
+            identity=identity,
+            connection=self._connection(request["connection"]),
+            env=self._env(request.get("env") or {}, identity),
+            working_dir=working_dir,
+            mounts=self._mounts(request.get("mounts") or [], substitutions),
+            network=self.network,
+            publish_ports=False,
+            memory=self._capped(
+                "memory", _int("memory", request.get("memory")), _size(self.max_memory)
+            ),
+            nano_cpus=self._capped(
+                "nano_cpus",
+                _int("nano_cpus", request.get("nano_cpus")),
+                int(self.max_cpus * 1e9) if self.max_cpus else None,
+            ),
+            shm_size=self._capped(
+                "shm_size", _int("shm_size", request.get("shm_size")), _size(self.max_shm_size)
+            ),
+            pids_limit=self._capped(
+                "pids_limit", _int("pids_limit", request.get("pids_limit")), self.max_pids
+            ),
+            gpus=self._gpus(request.get("gpus")),
+            labels=self._labels(
+                request.get("labels") or {}, peer, identity, kernel_id, kernel_name
+            ),
+            pull_policy=pull_policy,
+            name=f"labnotebook-{_safe(identity.username)}-{kernel_id}",
+            init=init,
+            allow_root=(identity.uid == 0 or identity.gid == 0) and self.allow_root,
+        )
+
+    def identity_of(self, peer: Peer) -> KernelIdentity:
+        """The peer's account, from this machine's user database - never from the request."""
+        identity = KernelIdentity.of_uid(peer.uid)
+        if identity.uid == 0 or identity.gid == 0:
+            if not self.allow_root:
+                raise PermissionRefused(
+                    f"The kernel broker does not start kernels for root (UID {identity.uid}, "
+                    f"GID {identity.gid}). Start Jupyter as an ordinary user; the lab's admin "
+                    "can allow root kernels with LaunchPolicy.allow_root = True."
+                )
+            return identity
+        if 0 in identity.groups:
+            # Membership of the root group on the hub must not become GID 0 in a kernel.
+            groups = tuple(g for g in identity.groups if g != 0)
+            identity = dataclasses.replace(
+                identity,
+                groups=groups,
+                group_names={g: n for g, n in identity.group_names.items() if g != 0},
+            )
+        return identity
+
+    # -- the parts ---------------------------------------------------------------------------
+
+    def _image(self, image: str) -> str:
+        if not any(fnmatch.fnmatchcase(image, pattern) for pattern in self.allowed_images):
+            raise PermissionRefused(
+                f"The image {image!r} is not one of this lab's kernel images (allowed: "
+                f"{', '.join(self.allowed_images) or 'none'}). Use a lab image, or ask the "
+                "lab's admin to add yours to LaunchPolicy.allowed_images."
+            )
+        return image
+
+    @staticmethod
+    def _argv(argv: Any) -> list[str]:
+        if not isinstance(argv, list) or not argv:
+            raise KernelConfigError("Kernel spec field 'argv' must be a non-empty list of text.")
+        return [_text("argv", a, allow_empty=True) for a in argv]
+
+    @staticmethod
+    def _connection(connection: Any) -> dict[str, Any]:
+        if not isinstance(connection, dict):
+            raise KernelConfigError("Kernel spec field 'connection' must be an object.")
+        for name in PORT_NAMES:
+            port = connection.get(name)
+            if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+                raise KernelConfigError(f"The connection's {name} must be a port number.")
+        for key, value in connection.items():
+            if not isinstance(key, str) or not isinstance(value, str | int | float | type(None)):
+                raise KernelConfigError(f"The connection's {key!r} must be a plain value.")
+            if isinstance(value, str):
+                _text(f"connection.{key}", value, allow_empty=True)
+        return dict(connection)
+
+    @staticmethod
+    def _env(env: Any, identity: KernelIdentity) -> dict[str, str]:
+        if not isinstance(env, dict):
+            raise KernelConfigError("Kernel spec field 'env' must be an object of text.")
+        for key, value in env.items():
+            if not key or "=" in key or "\0" in key:
+                raise KernelConfigError(f"Invalid environment variable name {key!r}")
+            _text(f"env.{key}", value, limit=65536, allow_empty=True)
+        return {**env, **identity.environment()}
+
+    def _mounts(self, requested: Any, substitutions: dict[str, str]) -> list[Mount]:
+        if not isinstance(requested, list):
+            raise KernelConfigError("Kernel spec field 'mounts' must be a list.")
+        lab = [Mount.parse(m, substitutions) for m in self.lab_mounts]
+        allowed = [Mount.parse(m, substitutions) for m in self.allowed_mounts]
+        result = list(lab)
+        for item in requested:
+            mount = self._requested_mount(item)
+            same = [m for m in result if (m.source, m.target) == (mount.source, mount.target)]
+            if same:
+                if mount.read_only and not same[0].read_only:
+                    result[result.index(same[0])] = mount  # asked to be stricter: fine
+                continue
+            if any(m.target == mount.target for m in result):
+                raise PermissionRefused(
+                    f"The kernel may not mount {mount.source} at {mount.target}: the lab "
+                    "already mounts something there."
+                )
+            grant = next(
+                (a for a in allowed if (a.source, a.target) == (mount.source, mount.target)),
+                None,
+            )
+            if grant is None:
+                offered = ", ".join(self.allowed_mounts) or "none"
+                raise PermissionRefused(
+                    f"The kernel may not mount {mount.source!r} at {mount.target}: "
+                    f"{'host paths' if mount.is_host_path else 'volumes'} are mounted only "
+                    f"as the lab's admin allows (allowed: {offered}). Remove it from the "
+                    "kernelspec's volumes, or ask the admin to add it to "
+                    "LaunchPolicy.allowed_mounts."
+                )
+            if grant.read_only and not mount.read_only:
+                raise PermissionRefused(
+                    f"{mount.source}:{mount.target} may only be mounted read-only in this lab; "
+                    "add ':ro' to it in the kernelspec's volumes."
+                )
+            result.append(mount)
+        return result
+
+    @staticmethod
+    def _requested_mount(item: Any) -> Mount:
+        if not isinstance(item, dict) or set(item) - {"source", "target", "read_only"}:
+            raise PermissionRefused(
+                f"A mount must be {{source, target, read_only}} and nothing else: {item!r}"
+            )
+        source, target = item.get("source"), item.get("target")
+        read_only = item.get("read_only", False)
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise KernelConfigError(f"A mount's source and target must be text: {item!r}")
+        if not isinstance(read_only, bool):
+            raise KernelConfigError(f"A mount's read_only must be true or false: {item!r}")
+        if "{" in source + target or "\0" in source + target:
+            raise KernelConfigError(f"Invalid mount {item!r}")
+        # Mount.parse normalises ('/data/../etc' -> '/etc') and rejects ':' tricks.
+        return Mount.parse(f"{source}:{target}:{'ro' if read_only else 'rw'}")
+
+    def _capped(self, field: str, value: int | None, cap: int | None) -> int | None:
+        if value is not None and value <= 0:
+            if field != "pids_limit":
+                raise KernelConfigError(f"Kernel spec field {field!r} must be positive.")
+            value = None  # -1/0: "no limit" for pids
+        if cap is None:
+            return value
+        if value is None:
+            return cap
+        if value <= cap:
+            return value
+        if self.over_limit == "clamp":
+            self.log.info("Clamped %s from %s to the lab's cap %s", field, value, cap)
+            return cap
+        what, trait = {
+            "memory": (lambda n: f"{_human_bytes(n)} of memory", "max_memory"),
+            "shm_size": (lambda n: f"{_human_bytes(n)} of /dev/shm", "max_shm_size"),
+            "nano_cpus": (lambda n: f"{n / 1e9:g} CPUs", "max_cpus"),
+            "pids_limit": (lambda n: f"{n} processes", "max_pids"),
+        }[field]
+        setting = {"nano_cpus": "cpus"}.get(field, field)
+        raise PermissionRefused(
+            f"This kernel asks for {what(value)}, but this lab allows at most {what(cap)} per "
+            f"kernel. Lower '{setting}' in the kernelspec, or ask the lab's admin to raise "
+            f"LaunchPolicy.{trait}."
+        )
+
+    def _gpus(self, gpus: Any) -> str | GpuRequest:
+        if gpus is None or gpus == "auto":
+            request: str | GpuRequest = "auto" if gpus else GpuRequest()
+        elif isinstance(gpus, dict) and not set(gpus) - {"count", "device_ids"}:
+            count, ids = gpus.get("count", 0), gpus.get("device_ids") or []
+            if not isinstance(count, int) or isinstance(count, bool) or count < -1:
+                raise KernelConfigError(f"Invalid GPU count {count!r}")
+            if not isinstance(ids, list) or not all(
+                isinstance(i, str) and _DEVICE_ID.match(i) for i in ids
+            ):
+                raise KernelConfigError(f"Invalid GPU device IDs {ids!r}")
+            request = GpuRequest(count=count, device_ids=tuple(ids))
+        else:
+            raise KernelConfigError(f"Invalid gpus request {gpus!r}")
+        if not self.allow_gpus:
+            if isinstance(request, GpuRequest) and request.wanted:
+                raise PermissionRefused(
+                    "This lab does not give kernels GPUs; set the kernel's gpus to 'none'."
+                )
+            return GpuRequest()
+        return request
+
+    @staticmethod
+    def _labels(
+        labels: Any, peer: Peer, identity: KernelIdentity, kernel_id: str, kernel_name: str
+    ) -> dict[str, str]:
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) + len(v) < 4096
+            for k, v in labels.items()
+        ):
+            raise KernelConfigError("Kernel spec field 'labels' must be an object of text.")
+        result = {k: v for k, v in labels.items() if not k.startswith(L.PREFIX + ".")}
+        result.update(
+            {
+                L.ROLE: L.KERNEL_ROLE,
+                L.KERNEL_ID: kernel_id,
+                L.KERNEL_NAME: kernel_name,
+                L.OWNER: identity.username,
+                L.OWNER_UID: str(identity.uid),
+                # The launching server is the peer process itself: when it is gone, the
+                # broker's reaper removes the kernel.
+                L.SERVER: L.server_identity(peer.pid) if peer.pid > 0 else "unknown",
+            }
+        )
+        return result
