@@ -1,1 +1,46 @@
 # Hub targets: make up, down, logs, backup, restore, upgrade (see README).
+# Included by the root Makefile, which defines BASE_IMAGE, KERNEL_IMAGE, HUB_IMAGE and the
+# image targets. Every setting can be given on the command line (make up PORT=8443 ...); all
+# names derive from LAB, so tests run a second hub with LAB=labnotebook-test-xyz PORT=....
+LAB ?= labnotebook
+PORT ?= 8000
+# Host address the hub is published on; empty: all addresses.
+BIND ?=
+NETWORK ?= $(LAB)
+HOMES_VOLUME ?= $(LAB)-homedirs
+STATE_VOLUME ?= $(LAB)-state
+# The operator's certificate and key (host paths); empty: a self-signed pair in the state volume.
+SSL_CERT ?=
+SSL_KEY ?=
+# yes: serve plain HTTP (only behind a proxy that terminates TLS).
+PLAIN_HTTP ?=
+BACKUP_DIR ?= backups
+BACKUP ?=
+export LAB PORT BIND NETWORK HOMES_VOLUME STATE_VOLUME SSL_CERT SSL_KEY PLAIN_HTTP
+export BACKUP_DIR BACKUP HUB_IMAGE KERNEL_IMAGE
+
+.PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
+
+hub-image: base-image
+	images/build.sh hub $(HUB_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
+
+hub-image-if-missing: base-image
+	@docker image inspect $(HUB_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory hub-image
+
+up: images-if-missing hub-image-if-missing
+	@hub/lab.sh up
+
+down:
+	@hub/lab.sh down
+
+logs:
+	@hub/lab.sh logs
+
+backup:
+	@hub/lab.sh backup
+
+restore: hub-image-if-missing
+	@hub/lab.sh restore
+
+upgrade: images-if-missing hub-image
+	@hub/lab.sh upgrade

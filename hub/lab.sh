@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The lab hub's lifecycle on one Docker host: up, down, logs, backup, restore, upgrade.
+# Called by `make` (hub/hub.mk), which passes the settings below as environment variables;
+# every name is derived from LAB, so a second hub (tests) can run beside the lab's.
+set -euo pipefail
+
+LAB=${LAB:-labnotebook}
+PORT=${PORT:-8000}
+BIND=${BIND:-}                           # host address to publish on; empty: all
+HUB_HOSTNAME=${HUB_HOSTNAME:-$LAB}
+NETWORK=${NETWORK:-$LAB}
+HOMES_VOLUME=${HOMES_VOLUME:-$LAB-homedirs}
+STATE_VOLUME=${STATE_VOLUME:-$LAB-state}
+HUB_IMAGE=${HUB_IMAGE:-labnotebook/hub:latest}
+KERNEL_IMAGE=${KERNEL_IMAGE:-labnotebook/kernel-python:latest}
+DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
+SSL_CERT=${SSL_CERT:-}
+SSL_KEY=${SSL_KEY:-}
+PLAIN_HTTP=${PLAIN_HTTP:-}
+BACKUP_DIR=${BACKUP_DIR:-backups}
+BACKUP=${BACKUP:-}
+FORCE=${FORCE:-}
+READY_TIMEOUT=${READY_TIMEOUT:-180}
+# Passed through to the hub when set (see labnotebook/hub/settings.py).
+PASSED=(PUBLIC_URL TLS_HOSTNAMES ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
+        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE)
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+yes_flag() { case "${1,,}" in 1|yes|true|on) return 0 ;; *) return 1 ;; esac; }
+
+container_state() { docker container inspect -f '{{.State.Status}}' "$LAB" 2>/dev/null || true; }
+scheme() { if yes_flag "$PLAIN_HTTP"; then echo http; else echo https; fi; }
+local_url() { echo "$(scheme)://127.0.0.1:$PORT/"; }
+
+# The hub answers /hub/health once the proxy, the hub and its database are up.
+wait_ready() {
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if [ "$(container_state)" != running ]; then
+            docker logs --tail 60 "$LAB" >&2 || true
+            die "the hub container $LAB stopped during start (its last log lines are above)"
+        fi
+        if curl -ksf -o /dev/null --max-time 5 "$(local_url)hub/health"; then
+            return 0
+        fi
+        sleep 1
+    done
+    docker logs --tail 60 "$LAB" >&2 || true
+    die "the hub did not answer on $(local_url) within ${READY_TIMEOUT}s (its last log lines are above)"
+}
+
+remove_kernels() {
+    local ids
+    ids=$(docker ps -aq --filter label=org.labnotebook.role=kernel --filter "network=$NETWORK")
+    if [ -n "$ids" ]; then
+        say "Removing the lab's kernel containers"
+        # shellcheck disable=SC2086
+        docker rm -f $ids >/dev/null
+    fi
+}
+
+cmd_up() {
+    case "$(container_state)" in
+        running) say "The hub $LAB is already running."; print_welcome; return ;;
+        "") ;;
+        *) docker rm -f "$LAB" >/dev/null ;;  # stopped: re-create with the current settings
+    esac
+    command -v curl >/dev/null || die "curl is needed to check that the hub is up"
+    [ -S "$DOCKER_SOCKET" ] || die "no Docker socket at $DOCKER_SOCKET (set DOCKER_SOCKET=...)"
+    docker network inspect "$NETWORK" >/dev/null 2>&1 \
+        || docker network create --label "org.labnotebook.lab=$LAB" "$NETWORK" >/dev/null
+    for volume in "$HOMES_VOLUME" "$STATE_VOLUME"; do
+        docker volume inspect "$volume" >/dev/null 2>&1 \
+            || docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
+    done
+
+    local args=(
+        --detach --name "$LAB" --hostname "$HUB_HOSTNAME" --network "$NETWORK"
+        --restart unless-stopped --label "org.labnotebook.lab=$LAB"
+        --publish "${BIND:+$BIND:}$PORT:8000"
+        --volume "$HOMES_VOLUME:/home" --volume "$STATE_VOLUME:/srv/state"
+        # Only the root-owned broker inside uses it; its folder there is root-only.
+        --volume "$DOCKER_SOCKET:/srv/engine/docker.sock"
+        --env "LAB=$LAB" --env "NETWORK=$NETWORK" --env "HOMES_VOLUME=$HOMES_VOLUME"
+        --env "KERNEL_IMAGE=$KERNEL_IMAGE" --env "PLAIN_HTTP=$PLAIN_HTTP"
+    )
+    local name
+    for name in "${PASSED[@]}"; do
+        [ -z "${!name:-}" ] || args+=(--env "$name=${!name}")
+    done
+    if [ -n "$SSL_CERT$SSL_KEY" ]; then
+        [ -n "$SSL_CERT" ] && [ -n "$SSL_KEY" ] || die "give both SSL_CERT=... and SSL_KEY=..."
+        local cert key
+        cert=$(readlink -f "$SSL_CERT") key=$(readlink -f "$SSL_KEY")  # Let's Encrypt: symlinks
+        [ -r "$cert" ] || die "SSL_CERT=$SSL_CERT is not a readable file"
+        [ -r "$key" ] || die "SSL_KEY=$SSL_KEY is not a readable file"
+        args+=(--volume "$cert:/srv/tls/cert.pem:ro" --volume "$key:/srv/tls/key.pem:ro")
+    fi
+    say "Starting the hub $LAB ($HUB_IMAGE) on port $PORT"
+    docker run "${args[@]}" "$HUB_IMAGE" >/dev/null
+    wait_ready
+    print_welcome
+}
+
+print_welcome() {
+    local token host
+    host=${PUBLIC_URL:-$(scheme)://$(hostname -f 2>/dev/null || hostname):$PORT/}
+    token=$(docker exec "$LAB" cat /srv/state/admin-setup-token 2>/dev/null || true)
+    say ""
+    say "The lab hub is up: $host   (on this machine: $(local_url))"
+    if ! yes_flag "$PLAIN_HTTP" && [ -z "$SSL_CERT" ]; then
+        say "It uses a self-signed certificate: browsers warn until you give it a real one"
+        say "(make up SSL_CERT=/path/fullchain.pem SSL_KEY=/path/privkey.pem)."
+    fi
+    if [ -n "$token" ]; then
+        say ""
+        say "Next: open ${host}hub/signup and sign up as 'admin' with this one-time setup token:"
+        say ""
+        say "    $token"
+        say ""
+        say "Then lab members sign up there too, and you approve them at ${host}hub/authorize."
+    else
+        say "Lab members sign up at ${host}hub/signup; admins approve them at ${host}hub/authorize."
+    fi
+    say "Logs: make logs    Stop: make down    Back up: make backup"
+}
+
+cmd_down() {
+    if [ -n "$(container_state)" ]; then
+        say "Stopping the hub $LAB (users' servers stop; homes and state stay in the volumes)"
+        docker stop --time 30 "$LAB" >/dev/null || true
+        docker rm -f "$LAB" >/dev/null
+    fi
+    remove_kernels
+}
+
+cmd_logs() {
+    if yes_flag "${FOLLOW:-yes}"; then docker logs --tail 200 --follow "$LAB"
+    else docker logs --tail 200 "$LAB"; fi
+}
+
+cmd_backup() {
+    mkdir -p "$BACKUP_DIR"
+    local file
+    file="$BACKUP_DIR/$LAB-$(date -u +%Y%m%d-%H%M%S).tar.gz"
+    say "Backing up $STATE_VOLUME and $HOMES_VOLUME to $file"
+    if [ "$(container_state)" = running ]; then
+        docker exec -e "LAB=$LAB" "$LAB" python3 -m labnotebook.hub.backup create >"$file.part"
+    else
+        docker volume inspect "$STATE_VOLUME" >/dev/null 2>&1 || die "no volume $STATE_VOLUME"
+        docker run --rm -e "LAB=$LAB" -v "$STATE_VOLUME:/srv/state:ro" -v "$HOMES_VOLUME:/home:ro" \
+            "$HUB_IMAGE" python3 -m labnotebook.hub.backup create >"$file.part"
+    fi
+    mv "$file.part" "$file"
+    say "Wrote $file ($(du -h "$file" | cut -f1)). Restore it with: make restore BACKUP=$file"
+}
+
+cmd_restore() {
+    [ -n "$BACKUP" ] || die "say which archive: make restore BACKUP=backups/....tar.gz"
+    [ -r "$BACKUP" ] || die "cannot read $BACKUP"
+    [ -z "$(container_state)" ] || die "the hub $LAB exists; stop it first: make down"
+    local volume
+    for volume in "$HOMES_VOLUME" "$STATE_VOLUME"; do
+        if docker volume inspect "$volume" >/dev/null 2>&1; then
+            yes_flag "$FORCE" || die "volume $volume exists: restore onto fresh volumes \
+(another LAB=..., or remove it), or replace it with FORCE=yes"
+            docker volume rm "$volume" >/dev/null
+        fi
+        docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
+    done
+    docker run --rm -i -v "$STATE_VOLUME:/srv/state" -v "$HOMES_VOLUME:/home" \
+        "$HUB_IMAGE" python3 -m labnotebook.hub.backup restore <"$BACKUP"
+    say "Restored into $STATE_VOLUME and $HOMES_VOLUME. Start the hub: make up"
+}
+
+cmd_upgrade() {
+    # The new image is built by make before this runs; only the container changes.
+    docker volume inspect "$STATE_VOLUME" >/dev/null 2>&1 || die "no volume $STATE_VOLUME: make up"
+    cmd_down
+    say "Migrating the hub database (JupyterHub keeps a copy of the old one in the state volume)"
+    docker run --rm -v "$STATE_VOLUME:/srv/state" "$HUB_IMAGE" \
+        sh -c 'test ! -e /srv/state/jupyterhub.sqlite ||
+               jupyterhub upgrade-db --db=sqlite:////srv/state/jupyterhub.sqlite'
+    cmd_up
+}
+
+case "${1:-}" in
+    up|down|logs|backup|restore|upgrade) "cmd_$1" ;;
+    *) die "usage: $0 up|down|logs|backup|restore|upgrade" ;;
+esac

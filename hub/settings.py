@@ -1,0 +1,138 @@
+"""The lab's settings: where things live inside the hub container, and what the operator chose.
+
+`make up` passes the operator's choices to the container as environment variables (listed in
+`LabSettings.from_env`); everything else about the hub is in `jupyterhub_config.py`, and an
+admin may override any JupyterHub setting in `/srv/state/jupyterhub_config.py`, which lives on
+the state volume and so survives upgrades.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# -- fixed places inside the hub container ---------------------------------------------------
+
+STATE_DIR = Path("/srv/state")
+"""The state volume: database, cookie secret, generated certificates, user registry."""
+
+HOMES_DIR = Path("/home")
+"""The homes volume, mounted at the same path in every kernel container."""
+
+SHARED_DIR = HOMES_DIR / "shared"
+READONLY_DIR = SHARED_DIR / "readonly"
+
+ENGINE_SOCKET = Path("/srv/engine/docker.sock")
+"""Where `make up` mounts the host's Docker socket: inside a root-only folder, so no user can
+reach it whatever group owns the socket on the host. Only the broker uses it."""
+
+BROKER_SOCKET = Path("/run/labnotebook/broker.sock")
+BROKER_CONFIG = Path("/etc/labnotebook/broker_config.py")
+BROKER_OVERRIDES = STATE_DIR / "broker_config.py"
+"""Optional admin additions to the broker policy (e.g. more images or data mounts)."""
+HUB_OVERRIDES = STATE_DIR / "jupyterhub_config.py"
+"""Optional admin additions to the JupyterHub configuration, loaded last."""
+MOUNTED_TLS_DIR = Path("/srv/tls")
+"""Where `make up SSL_CERT=… SSL_KEY=…` mounts the operator's certificate and key (read-only)."""
+
+KERNELSPEC_DIR = Path("/usr/local/share/jupyter/kernels/python-docker")
+"""System-wide, so every user's server sees it; re-written at every start from the settings."""
+
+LAB_GROUP = "lab"
+LAB_GID = 1500
+ADMIN_GROUP = "labadmin"
+ADMIN_GID = 1501
+FIRST_UID = 2000
+"""Lab users get UIDs from here up; a UID is never reused, even after the user is deleted, so a
+leftover file never silently belongs to a newcomer."""
+
+
+def _flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value in ("1", "yes", "true", "on")
+
+
+def _seconds(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number of seconds (0: never); got {value!r}") from None
+    if seconds < 0:
+        raise SystemExit(f"{name} must be 0 or more seconds; got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What the operator chose with `make up VAR=…`. Each field names its variable."""
+
+    name: str = "labnotebook"
+    """LAB: the lab's name; its container, volumes and network are named after it."""
+
+    homes_volume: str = "labnotebook-homedirs"
+    """HOMES_VOLUME: the Docker volume mounted at /home here and in every kernel container."""
+
+    network: str = "labnotebook"
+    """NETWORK: the Docker network the hub and the kernel containers share."""
+
+    kernel_image: str = "labnotebook/kernel-python:latest"
+    """KERNEL_IMAGE: the image of the lab's default Python kernel."""
+
+    public_url: str = ""
+    """PUBLIC_URL: how users reach the hub, printed by `make up` (informational)."""
+
+    plain_http: bool = False
+    """PLAIN_HTTP=yes: serve plain HTTP. Passwords then cross the network in clear text; use it
+    only behind a TLS-terminating proxy."""
+
+    tls_hostnames: tuple[str, ...] = ("labnotebook", "localhost")
+    """TLS_HOSTNAMES: comma-separated names the generated self-signed certificate is valid for
+    (127.0.0.1 and ::1 are always included)."""
+
+    admin_sudo_nopasswd: bool = False
+    """ADMIN_SUDO_NOPASSWD=yes: lab admins use sudo in the hub without typing their password.
+    By default sudo asks for the admin's hub password."""
+
+    private_homes: bool = False
+    """PRIVATE_HOMES=yes: new homes are 0700 (private). By default they are 0750, readable but
+    not writable by the lab. Each user can change their own with `chmod 700 ~` or
+    `chmod 750 ~`; the hub never resets an existing home's mode."""
+
+    kernel_idle_timeout: int = 2 * 3600
+    """KERNEL_IDLE_TIMEOUT: seconds after which an idle kernel is shut down, even with a
+    notebook still open in a forgotten browser tab (its memory and GPU are freed; files are
+    kept). 0: never."""
+
+    server_idle_timeout: int = 8 * 3600
+    """SERVER_IDLE_TIMEOUT: seconds without activity after which a user's server (and its
+    kernels) is stopped by jupyterhub-idle-culler. 0: never."""
+
+    server_max_age: int = 0
+    """SERVER_MAX_AGE: seconds after which a server is stopped even if active. 0: never."""
+
+    @classmethod
+    def from_env(cls) -> LabSettings:
+        name = os.environ.get("LAB", "").strip() or cls.name
+        hostnames = tuple(
+            h.strip() for h in os.environ.get("TLS_HOSTNAMES", "").split(",") if h.strip()
+        )
+        return cls(
+            name=name,
+            homes_volume=os.environ.get("HOMES_VOLUME", "").strip() or f"{name}-homedirs",
+            network=os.environ.get("NETWORK", "").strip() or name,
+            kernel_image=os.environ.get("KERNEL_IMAGE", "").strip() or cls.kernel_image,
+            public_url=os.environ.get("PUBLIC_URL", "").strip(),
+            plain_http=_flag("PLAIN_HTTP"),
+            tls_hostnames=hostnames or cls.tls_hostnames,
+            admin_sudo_nopasswd=_flag("ADMIN_SUDO_NOPASSWD"),
+            private_homes=_flag("PRIVATE_HOMES"),
+            kernel_idle_timeout=_seconds("KERNEL_IDLE_TIMEOUT", cls.kernel_idle_timeout),
+            server_idle_timeout=_seconds("SERVER_IDLE_TIMEOUT", cls.server_idle_timeout),
+            server_max_age=_seconds("SERVER_MAX_AGE", cls.server_max_age),
+        )

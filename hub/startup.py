@@ -1,0 +1,162 @@
+"""Prepare the hub container at every start, as root, before JupyterHub and the broker run.
+
+`python3 -m labnotebook.hub.startup` (called by the image's entrypoint):
+
+1. locks down the state volume and the Docker socket's folder (root only);
+2. re-creates the lab's Unix accounts from the registry (the image's /etc is new each time);
+3. applies the shared-folder layout and the sudo rule for lab admins;
+4. makes sure a TLS certificate exists (unless PLAIN_HTTP=yes);
+5. writes the system-wide Docker kernelspec, the users' Jupyter server defaults and the
+   broker's configuration from the operator's settings.
+
+Everything here is idempotent and derived from the settings and the state volume, so an
+upgraded image simply writes the new version of each file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import sharing, tls, users
+from .settings import (
+    ADMIN_GROUP,
+    BROKER_CONFIG,
+    BROKER_OVERRIDES,
+    BROKER_SOCKET,
+    ENGINE_SOCKET,
+    KERNELSPEC_DIR,
+    STATE_DIR,
+    LabSettings,
+)
+
+log = logging.getLogger("labnotebook.startup")
+
+SUDOERS_FILE = Path("/etc/sudoers.d/labnotebook")
+SERVER_CONFIG = Path("/etc/jupyter/jupyter_server_config.json")
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def lock_down() -> None:
+    """The state volume holds password hashes and keys; the engine socket is root on the host."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    os.chown(STATE_DIR, 0, 0)
+    os.chmod(STATE_DIR, 0o700)
+    engine_dir = ENGINE_SOCKET.parent
+    if engine_dir.exists():
+        os.chown(engine_dir, 0, 0)
+        os.chmod(engine_dir, 0o700)
+    # The broker's socket folder: root-owned and writable by root only, so nobody can put a
+    # fake socket in its place; readable by all so servers can connect.
+    BROKER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    os.chown(BROKER_SOCKET.parent, 0, 0)
+    os.chmod(BROKER_SOCKET.parent, 0o755)
+
+
+def write_sudoers(nopasswd: bool) -> None:
+    rule = f"%{ADMIN_GROUP} ALL=(ALL:ALL) {'NOPASSWD: ' if nopasswd else ''}ALL\n"
+    text = (
+        "# Written by labnotebook at every start: lab admins may use sudo in the hub.\n"
+        "# Without ADMIN_SUDO_NOPASSWD=yes, sudo asks for the admin's hub password.\n" + rule
+    )
+    _write(SUDOERS_FILE, text, 0o440)
+    subprocess.run(["visudo", "-cqf", str(SUDOERS_FILE)], check=True)
+
+
+def kernelspec(settings: LabSettings) -> dict[str, Any]:
+    """The lab's Docker Python kernelspec: the bundled one, pointed at the broker."""
+    spec: dict[str, Any]
+    try:
+        from labnotebook.kernelspecs import bundled
+
+        spec = json.loads((bundled()["python-docker"] / "kernel.json").read_text())
+    except (ImportError, KeyError, FileNotFoundError):
+        spec = {
+            "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (Docker)",
+            "language": "python",
+            "interrupt_mode": "signal",
+            "metadata": {"debugger": True},
+        }
+    provisioner = spec.setdefault("metadata", {}).setdefault("kernel_provisioner", {})
+    provisioner["provisioner_name"] = "labnotebook-docker"
+    config = provisioner.setdefault("config", {})
+    config.update(
+        image=settings.kernel_image,
+        broker_socket=str(BROKER_SOCKET),
+        network=settings.network,
+        volumes=[f"{settings.homes_volume}:/home"],
+    )
+    return spec
+
+
+def server_config(settings: LabSettings) -> dict[str, Any]:
+    """Defaults for every user's Jupyter server (a user's ~/.jupyter may override them)."""
+    return {
+        "ServerApp": {"default_url": "/lab"},
+        "MappingKernelManager": {
+            "default_kernel_name": "python-docker",
+            # Idle kernels hold memory (and GPUs) in their containers: free them.
+            "cull_idle_timeout": settings.kernel_idle_timeout,
+            "cull_interval": 300,
+            "cull_connected": True,
+            "cull_busy": False,
+        },
+        # The hub's own Python runs the servers, not kernels: kernels run in containers.
+        "KernelSpecManager": {"ensure_native_kernel": False},
+    }
+
+
+def broker_config(settings: LabSettings) -> str:
+    images = sorted({"labnotebook/*", settings.kernel_image})
+    return f"""\
+# Written by labnotebook at every start from the hub's settings; do not edit here.
+# Admins add to the policy in {BROKER_OVERRIDES} (on the state volume), e.g.
+#   c.LaunchPolicy.allowed_images.append("mylab/*")
+#   c.LaunchPolicy.allowed_mounts = ["/data/raw:/data:ro"]
+import os
+
+c.KernelBroker.docker_host = {f"unix://{ENGINE_SOCKET}"!r}
+c.LaunchPolicy.network = {settings.network!r}
+c.LaunchPolicy.lab_mounts = [{f"{settings.homes_volume}:/home"!r}]
+c.LaunchPolicy.allowed_images = {images!r}
+
+if os.path.exists({str(BROKER_OVERRIDES)!r}):
+    load_subconfig({str(BROKER_OVERRIDES)!r})
+"""
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [labnotebook] %(message)s"
+    )
+    if os.geteuid() != 0:
+        sys.exit("labnotebook.hub.startup must run as root (it is the hub image's entrypoint).")
+    settings = LabSettings.from_env()
+    lock_down()
+    members = users.restore_all(settings.private_homes)
+    log.info("Restored %d lab account(s) from the registry", len(members))
+    sharing.apply_layout()
+    write_sudoers(settings.admin_sudo_nopasswd)
+    if not settings.plain_http:
+        cert = tls.certificate(settings.tls_hostnames)
+        log.info("TLS certificate: %s%s", cert.cert, " (self-signed)" if cert.self_signed else "")
+    _write(KERNELSPEC_DIR / "kernel.json", json.dumps(kernelspec(settings), indent=2) + "\n")
+    _write(SERVER_CONFIG, json.dumps(server_config(settings), indent=2) + "\n")
+    _write(BROKER_CONFIG, broker_config(settings), 0o600)
+
+
+if __name__ == "__main__":
+    main()
