@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import grp
 import json
+import logging
 import os
 import pwd
 import signal
@@ -155,6 +156,10 @@ class KernelBroker(Application):
         process is gone (so a stopped user server leaves no kernels). 0: never.""",
     )
     engine = AnyTrait(None, help="The DockerEngine (tests may inject another).")
+
+    @default("log_level")
+    def _log_level_default(self) -> int:
+        return logging.INFO  # one line per request is the broker's audit trail
 
     @default("log_format")
     def _log_format_default(self) -> str:
