@@ -64,6 +64,8 @@ _DOCKER_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="labnotebo
 
 # ipykernel >= 7 exits at start when JPY_PARENT_PID names a process it cannot see (our init).
 _reaped = False
+# How often a starting kernel's container is checked for an early exit.
+STATE_CHECK_INTERVAL = 0.4
 
 _NEVER_PASSED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE"})
 
@@ -507,6 +509,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.launch_timeout
+        next_state_check = loop.time() + STATE_CHECK_INTERVAL
         state_check: asyncio.Future[Any] | None = None
         delay = 0.005
         while True:
@@ -518,16 +521,21 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 return
             except (OSError, asyncio.TimeoutError):
                 pass
-            if state_check is None:
-                state_check = asyncio.ensure_future(
-                    in_thread(self.engine.state, launched.container_id)
-                )
-            elif state_check.done():
+            now = loop.time()
+            if state_check is not None and state_check.done():
                 state = state_check.result()
                 if state is None or not state.running:
                     await self._raise_died(state)
                 state_check = None
-            if loop.time() > deadline:
+            if state_check is None and now >= next_state_check:
+                # Rarely: under load, many kernels asking the engine constantly slow it down.
+                state_check = asyncio.ensure_future(
+                    in_thread(self.engine.state, launched.container_id)
+                )
+                next_state_check = now + STATE_CHECK_INTERVAL
+            if now > deadline:
+                if state_check is not None:
+                    state_check.cancel()
                 raise KernelLaunchError(
                     f"The kernel in container {launched.name} did not open its ports within "
                     f"{self.launch_timeout:.0f} s. Its last output:\n"
