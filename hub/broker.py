@@ -54,6 +54,7 @@ from labnotebook.provisioner.broker_protocol import (
 )
 from labnotebook.provisioner.engine import DockerEngine
 from labnotebook.provisioner.errors import (
+    EngineUnreachable,
     KernelConfigError,
     KernelLaunchError,
     PermissionRefused,
@@ -148,6 +149,9 @@ class KernelBroker(Application):
     max_connections_per_user = Int(
         64, config=True, help="Connections one UID may hold open; more are closed at once."
     )
+    shutdown_grace = Float(
+        30.0, config=True, help="Seconds a stopping broker waits for requests in progress."
+    )
     max_wait = Float(600.0, config=True, help="Longest a 'wait' request may block, in seconds.")
     reap_interval = Float(
         60.0,
@@ -183,6 +187,10 @@ class KernelBroker(Application):
         self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._connections: dict[int, int] = defaultdict(int)
+        # Open connections -> whether a request on it is being carried out right now.
+        self._busy: dict[asyncio.StreamWriter, bool] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
 
     def start(self) -> None:
         asyncio.run(self.serve())
@@ -210,9 +218,10 @@ class KernelBroker(Application):
         await self._run(self._check_engine)
         reaper = asyncio.create_task(self._reap_forever()) if self.reap_interval > 0 else None
         try:
-            async with server:
-                await stop.wait()
+            await stop.wait()
         finally:
+            server.close()  # no new connections; then finish what is in progress
+            await self._drain()
             if reaper:
                 reaper.cancel()
             with contextlib.suppress(FileNotFoundError):
@@ -220,6 +229,20 @@ class KernelBroker(Application):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._wait_pool.shutdown(wait=False, cancel_futures=True)
             self.log.info("Kernel broker stopped.")
+
+    async def _drain(self) -> None:
+        """Stop: finish the requests in progress (a launch half-answered would leave an
+        orphan kernel), close every connection, and give up on stragglers after a while."""
+        self._stopping = True
+        for writer, busy in list(self._busy.items()):
+            if not busy:
+                writer.close()
+        handlers = [t for t in self._handlers if t is not asyncio.current_task()]
+        if handlers:
+            _, pending = await asyncio.wait(handlers, timeout=self.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _prepare_socket_folder(self, path: str) -> None:
         folder = os.path.dirname(path)
@@ -286,21 +309,20 @@ class KernelBroker(Application):
             writer.close()
             return
         self._connections[peer.uid] += 1
+        self._busy[writer] = False
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             if self._connections[peer.uid] > self.max_connections_per_user:
                 self.log.warning("%s has too many connections open", _username(peer.uid))
-                writer.write(
-                    encode(
-                        error_response(
-                            PermissionRefused(
-                                "Too many connections to the kernel broker from this user."
-                            )
-                        )
-                    )
+                refusal = PermissionRefused(
+                    "Too many connections to the kernel broker from this user."
                 )
+                writer.write(encode(error_response(refusal)))
                 await writer.drain()
                 return
-            while True:
+            while not self._stopping:
                 try:
                     line = await reader.readline()
                 except ValueError:  # longer than MAX_LINE: we cannot find the next request
@@ -314,12 +336,16 @@ class KernelBroker(Application):
                     return
                 if not line.strip():
                     continue
+                self._busy[writer] = True
                 writer.write(encode(await self.respond(peer, line)))
                 await writer.drain()
+                self._busy[writer] = False
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._connections[peer.uid] -= 1
+            self._busy.pop(writer, None)
+            self._handlers.discard(task)  # type: ignore[arg-type]
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -471,12 +497,20 @@ class KernelBroker(Application):
         args = _arguments(request, "wait", container=str, timeout=((int, float), 60.0))
         timeout = max(0.0, min(float(args["timeout"]), self.max_wait))
         return await self._on_owned(
-            peer,
-            args["container"],
-            lambda cid: self.engine.wait(cid, timeout),
-            -1,
-            pool=self._wait_pool,
+            peer, args["container"], lambda cid: self._wait(cid, timeout), -1, pool=self._wait_pool
         )
+
+    def _wait(self, container_id: str, timeout: float) -> int | None:
+        try:
+            return self.engine.wait(container_id, timeout)
+        except EngineUnreachable:
+            # DockerEngine.wait reports a wait that merely timed out as EngineUnreachable
+            # (docker-py's Unix socket adapter raises ConnectionError for read timeouts).
+            # Ask again: if Docker is really down, this raises the same error.
+            state = self.engine.state(container_id)
+            if state is None:
+                return -1
+            return None if state.running else state.exit_code
 
     async def _op_list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "list", owner_uid=(int, None))

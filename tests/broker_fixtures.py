@@ -46,6 +46,7 @@ class BrokerProcess:
 
     def __init__(self, config: str, folder: str | None = None) -> None:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="lnbtest-broker-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o755)  # users must reach the socket; only root may write here
         self.socket = str(self.folder / "broker.sock")
         self.config = self.folder / "broker_config.py"
@@ -231,7 +232,7 @@ def kernel_spec(
         kernel_id=kernel_id,
         kernel_name="broker-test",
         image=image,
-        argv=argv or ["sleep", "infinity"],
+        argv=["sleep", "infinity"] if argv is None else argv,
         identity=KernelIdentity("root", 0, 0, "/root", (0,), {0: "root"}),
         connection={"ip": "0.0.0.0", "transport": "tcp", "key": uuid.uuid4().hex, **ports},
         network=network,
