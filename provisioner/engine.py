@@ -62,6 +62,7 @@ class DockerEngine:
         self._lock = threading.Lock()
         self._image_files: dict[str, tuple[str, str]] = {}
         self._networks: set[str] = set()
+        self._network_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
 
     @classmethod
@@ -176,28 +177,36 @@ class DockerEngine:
             ) from None
 
     def _ensure_network(self, name: str) -> None:
-        if name in self._networks or name in ("bridge", "host", "none"):
-            if name in ("host", "none"):
-                raise KernelConfigError(
-                    f"network {name!r} cannot be used for kernels: the server must reach the "
-                    "kernel's ports on its own address. Use a bridge network such as 'labnotebook'."
-                )
+        if name in ("host", "none"):
+            raise KernelConfigError(
+                f"network {name!r} cannot be used for kernels: the server must reach the "
+                "kernel's ports on its own address. Use a bridge network such as 'labnotebook'."
+            )
+        if name in self._networks or name == "bridge":
             return
-        if not self.api.networks(names=[name]):
-            try:
-                self.api.create_network(
-                    name,
-                    driver="bridge",
-                    check_duplicate=True,
-                    labels={L.ROLE: "network"},
-                )
-            except docker.errors.APIError as e:
-                # Another server created it at the same moment: that is fine.
-                if not self.api.networks(names=[name]):
-                    raise KernelLaunchError(
-                        f"Could not create the kernel network {name!r}: {_engine_message(e)}"
-                    ) from None
-        self._networks.add(name)
+        with self._network_lock:  # concurrent first launches must not create it twice
+            if name in self._networks:
+                return
+            if not self._networks_named(name):
+                try:
+                    self.api.create_network(name, driver="bridge", labels={L.ROLE: "network"})
+                except docker.errors.APIError as e:
+                    if not self._networks_named(name):
+                        raise KernelLaunchError(
+                            f"Could not create the kernel network {name!r}: {_engine_message(e)}"
+                        ) from None
+                # Another server may have created it at the same moment (Docker allows
+                # duplicate names): keep the oldest, remove the rest.
+                for extra in sorted(self._networks_named(name), key=lambda n: n["Created"])[1:]:
+                    try:
+                        self.api.remove_network(extra["Id"])
+                    except docker.errors.APIError:
+                        pass
+            self._networks.add(name)
+
+    def _networks_named(self, name: str) -> list[dict[str, Any]]:
+        # The engine's name filter matches substrings; keep exact matches only.
+        return [n for n in self.api.networks(names=[name]) if n["Name"] == name]
 
     def _check_volumes(self, spec: KernelContainerSpec) -> None:
         for mount in spec.mounts:

@@ -43,7 +43,7 @@ from traitlets import (
 
 from . import labels as L
 from .engine import PULL_POLICIES, DockerEngine
-from .errors import KernelConfigError, KernelDiedDuringStart, KernelLaunchError
+from .errors import EngineUnreachable, KernelConfigError, KernelDiedDuringStart, KernelLaunchError
 from .gpus import parse_gpus
 from .identity import KernelIdentity
 from .mounts import Mount, container_path
@@ -572,7 +572,12 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if self.container_id is None:
             return 0
-        state = await in_thread(self.engine.state, self.container_id)
+        try:
+            state = await in_thread(self.engine.state, self.container_id)
+        except EngineUnreachable as e:
+            # The engine restarting is not the kernel dying: no restart storm, just a warning.
+            self.log.warning("Kernel %s: cannot check its container: %s", self.kernel_id, e)
+            return None
         if state is not None and state.running:
             return None
         code = state.exit_code if state is not None else -1

@@ -101,3 +101,28 @@ async def test_published_ports_on_loopback(kernel_specs, start_kernel, docker_cl
     assert len(bindings) == 5
     assert all(b[0]["HostIp"] == "127.0.0.1" for b in bindings.values())
     assert (await run_code(kc, "print(1 + 1)"))["stdout"].strip() == "2"
+
+
+async def test_docker_calls_never_block_the_event_loop(kernel_specs, start_kernel) -> None:
+    """A ticker on the loop keeps ticking while kernels start and stop."""
+    gaps: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    started = loop.time()
+    kernels = await asyncio.gather(start_kernel(kernel_specs()), start_kernel(kernel_specs()))
+    for km, _ in kernels:
+        await km.shutdown_kernel()
+    elapsed = loop.time() - started
+    tick.cancel()
+    assert len(gaps) > 20
+    # Docker calls take tens to hundreds of ms each; done on the loop they would show up here.
+    assert max(gaps) < elapsed / 10, (max(gaps), elapsed)

@@ -9,7 +9,7 @@ import pytest
 from jupyter_client.ioloop import AsyncIOLoopKernelManager
 from nbclient import NotebookClient
 
-from .conftest import run_code, session_containers
+from .conftest import TEST_NETWORK, run_code, session_containers
 
 pytestmark = pytest.mark.docker
 
@@ -32,11 +32,18 @@ async def test_notebook_runs_with_nbclient(kernel_specs, docker_client) -> None:
     assert session_containers(docker_client) == []
 
 
-async def test_eight_kernels_start_concurrently(kernel_specs, start_kernel) -> None:
-    name = kernel_specs()
+async def test_eight_kernels_start_concurrently(kernel_specs, start_kernel,
+                                                docker_client) -> None:
+    network = f"{TEST_NETWORK}-eight"  # absent: all eight race to create it
+    name = kernel_specs(network=network)
     kernels = await asyncio.gather(*(start_kernel(name) for _ in range(8)))
     results = await asyncio.gather(*(run_code(kc, "import os; print(os.uname().nodename)")
                                      for _, kc in kernels))
     hostnames = {r["stdout"].strip() for r in results}
     assert len(hostnames) == 8  # eight separate containers
     assert len({km.ip for km, _ in kernels}) == 8
+    [created] = [n for n in docker_client.networks.list(names=[network]) if n.name == network]
+    for km, kc in kernels:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    created.remove()

@@ -1,0 +1,171 @@
+"""A real lab hub for the tests: `make up` with its own names on a free port.
+
+The hub runs from a test tag of the hub image built from this work tree, on its own
+network and volumes (`labnotebook-test-<session>-*`), published on 127.0.0.1 only. Everything
+it creates - containers (the hub's and its kernels'), volumes, networks, the image tag,
+backups - is removed at the end, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .hubclient import HubUser
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION = uuid.uuid4().hex[:8]
+PASSWORDS = {
+    "admin": "tulip-kayak-91-orbit",
+    "alice": "wombat-lantern-73",
+    "bob": "quokka-saddle-58",
+    "carol": "marmot-ladder-64",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*argv: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited with {result.returncode}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+        )
+    return result
+
+
+@dataclass
+class Lab:
+    """One hub started with `make up`, and what the tests need to drive it."""
+
+    name: str
+    port: int
+    image: str
+    backup_dir: Path
+    users: dict[str, HubUser] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return {
+            "LAB": self.name,
+            "PORT": str(self.port),
+            "BIND": "127.0.0.1",
+            "HUB_IMAGE": self.image,
+            "BACKUP_DIR": str(self.backup_dir),
+        }
+
+    def make(
+        self, target: str, check: bool = True, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        variables = [f"{k}={v}" for k, v in {**self.settings, **extra}.items()]
+        return run("make", "--no-print-directory", "-C", str(ROOT), target, *variables, check=check)
+
+    def exec(
+        self, *argv: str, user: str = "root", stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        flags = ["-i"] if stdin is not None else []
+        return run("docker", "exec", *flags, "-u", user, self.name, *argv, input=stdin, check=check)
+
+    def ca_file(self) -> Path:
+        path = self.backup_dir / f"{self.name}-cert.pem"
+        path.write_text(self.exec("cat", "/srv/state/tls/cert.pem").stdout)
+        return path
+
+    def user(self, name: str) -> HubUser:
+        """A fresh browser session for `name` (not logged in)."""
+        return HubUser(self.url, name, PASSWORDS[name], str(self.ca_file()))
+
+    def destroy(self) -> None:
+        """Remove the hub container, its kernels, its volumes and its network."""
+        run("docker", "rm", "-f", self.name, check=False)
+        kernels = run(
+            "docker", "ps", "-aq", "--filter", "label=org.labnotebook.role=kernel",
+            "--filter", f"network={self.name}", check=False,
+        ).stdout.split()  # fmt: skip
+        if kernels:
+            run("docker", "rm", "-f", *kernels, check=False)
+        for volume in (f"{self.name}-homedirs", f"{self.name}-state"):
+            run("docker", "volume", "rm", "-f", volume, check=False)
+        run("docker", "network", "rm", self.name, check=False)
+
+
+@pytest.fixture(scope="session")
+def lab_image() -> Iterator[str]:
+    image = f"labnotebook/hub:test-{SESSION}"
+    yield image
+    run("docker", "image", "rm", "-f", image, check=False)
+
+
+@pytest.fixture(scope="session")
+def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lab-backups")
+
+
+@pytest.fixture(scope="session")
+def lab(lab_image: str, backup_dir: Path) -> Iterator[Lab]:
+    hub = Lab(f"labnotebook-test-{SESSION}", free_port(), lab_image, backup_dir)
+    try:
+        up = hub.make("up")
+        assert "setup token" in up.stdout, up.stdout
+        yield hub
+    finally:
+        if os.environ.get("LABNOTEBOOK_KEEP_HUB") != "1":
+            hub.destroy()
+
+
+@pytest.fixture(scope="session")
+def second_lab(lab: Lab) -> Iterator[Lab]:
+    """Names for a second hub (restored from a backup); removed at the end."""
+    other = Lab(f"{lab.name}-restored", free_port(), lab.image, lab.backup_dir)
+    try:
+        yield other
+    finally:
+        other.destroy()
+
+
+def _signed_up_and_approved(lab: Lab, name: str, admin: HubUser) -> HubUser:
+    person = lab.user(name)
+    reply = person.signup()
+    assert reply.alert == "alert-info" or "taken" in reply.message, reply
+    admin.approve(name)
+    assert person.login().status == 302
+    return person
+
+
+@pytest.fixture(scope="session")
+def admin(lab: Lab) -> HubUser:
+    """The lab's admin, signed up with the setup token and logged in."""
+    person = lab.user("admin")
+    token = lab.exec("cat", "/srv/state/admin-setup-token", check=False).stdout.strip()
+    if token:
+        reply = person.signup(token=token)
+        assert reply.alert == "alert-success", reply
+    reply = person.login()
+    assert reply.status == 302, reply
+    return person
+
+
+@pytest.fixture(scope="session")
+def alice(lab: Lab, admin: HubUser) -> HubUser:
+    return _signed_up_and_approved(lab, "alice", admin)
+
+
+@pytest.fixture(scope="session")
+def bob(lab: Lab, admin: HubUser) -> HubUser:
+    return _signed_up_and_approved(lab, "bob", admin)

@@ -1,0 +1,333 @@
+"""The lab hub, driven for real: `make up`, sign-up, approval, login, kernels, upgrade, backup.
+
+The tests tell one story in file order, on one hub (see conftest.py): the admin claims the
+hub with the setup token, alice and bob sign up and are approved, alice works in a Docker
+kernel, the hub is upgraded, backed up and restored. Fixtures make each test runnable alone.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+
+import pytest
+
+from .conftest import PASSWORDS, Lab, run
+from .hubclient import HubUser
+
+pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.timeout(600)]
+
+KERNEL_PROBE = textwrap.dedent(
+    """
+    import json, os, socket
+
+    def can_write(path):
+        try:
+            with open(path, "a") as f:
+                f.write("written by alice's kernel\\n")
+            return True
+        except OSError:
+            return False
+
+    def can_read(path):
+        try:
+            with open(path) as f:
+                return bool(f.read())
+        except OSError:
+            return False
+
+    def can_connect(path):
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    print(json.dumps({
+        "uid": os.getuid(),
+        "groups": sorted(os.getgroups()),
+        "home": os.path.expanduser("~"),
+        "write_home": can_write(os.path.expanduser("~/from-kernel.txt")),
+        "write_shared": can_write("/home/shared/from-alice.txt"),
+        "read_bob": can_read("/home/bob/.profile"),
+        "list_bob": "notes.txt" in os.listdir("/home/bob"),
+        "write_bob": can_write("/home/bob/from-alice.txt"),
+        "read_readonly": can_read("/home/shared/readonly/data.csv"),
+        "write_readonly": can_write("/home/shared/readonly/data.csv"),
+        "new_in_readonly": can_write("/home/shared/readonly/new.txt"),
+        "docker_socket": [p for p in ("/var/run/docker.sock", "/run/docker.sock",
+                                      "/srv/engine/docker.sock") if os.path.exists(p)],
+        "broker_socket": can_connect("/run/labnotebook/broker.sock"),
+    }))
+    """
+)
+
+
+def uid_of(lab: Lab, name: str) -> int:
+    return int(lab.exec("id", "-u", name).stdout)
+
+
+# -- sign-up and the admin bootstrap ----------------------------------------------------------
+
+
+def test_admin_signup_needs_the_setup_token(lab: Lab) -> None:
+    token = lab.exec("cat", "/srv/state/admin-setup-token").stdout.strip()
+    assert len(token) >= 20
+    logs = lab.make("logs", FOLLOW="no")
+    assert token in logs.stdout + logs.stderr, "the setup token is not in the hub's log"
+
+    claimer = lab.user("admin")
+    for attempt in ("", "not-the-token"):
+        reply = claimer.signup(token=attempt)
+        assert reply.status == 400
+        assert "needs the setup token" in reply.message
+    assert claimer.login().status != 302
+
+    reply = claimer.signup(token=token)
+    assert reply.alert == "alert-success", reply
+    # One-time: the token is gone, and nobody can sign up as admin again.
+    assert lab.exec("test", "-e", "/srv/state/admin-setup-token", check=False).returncode == 1
+    assert "taken" in lab.user("admin").signup(token=token).message
+    assert claimer.login().status == 302
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "confirmation", "message"),
+    [
+        ("root", None, None, "'root' is reserved for the system"),
+        ("daemon", None, None, "'daemon' is reserved for the system"),
+        ("shared", None, None, "'shared' is reserved"),
+        ("bad name", None, None, "no spaces, dots or capitals"),
+        ("dr.who", None, None, "no spaces, dots or capitals"),
+        ("9lives", None, None, "start with a lowercase letter"),
+        ("x" * 33, None, None, "at most 32 characters"),
+        ("dave", "short", None, "at least 10 characters"),
+        ("dave", "password123", None, "commonly used passwords"),
+        ("dave", "dave-is-the-best", None, "must not contain the user name"),
+        ("dave", "é" * 40, None, "at most 72 bytes long, and this one is 80 bytes"),
+        ("dave", "wombat-lantern-73", "wombat-lantern-74", "confirmation differ"),
+    ],
+)
+def test_signup_refuses_bad_input_with_a_message(
+    lab: Lab, name: str, password: str | None, confirmation: str | None, message: str
+) -> None:
+    person = HubUser(lab.url, name, "wombat-lantern-73", str(lab.ca_file()))
+    reply = person.signup(password=password, confirmation=confirmation)
+    assert reply.status == 400, reply
+    assert message in reply.message, reply
+    registry = lab.exec("sh", "-c", "cat /srv/state/users.json 2>/dev/null || echo '{}'").stdout
+    assert f'"{name}"' not in registry
+
+
+def test_people_wait_for_approval(lab: Lab, admin: HubUser) -> None:
+    alice = lab.user("alice")
+    assert alice.signup().alert == "alert-info"
+    refused = alice.login()
+    assert refused.status != 302
+    assert "has not been authorized by an administrator yet" in refused.message
+    assert lab.exec("id", "alice", check=False).returncode != 0, "account before approval"
+
+    admin.approve("alice")
+    # Approval makes the Unix account and the home, in the lab group, never in docker.
+    groups = lab.exec("id", "-nG", "alice").stdout.split()
+    assert "lab" in groups and "docker" not in groups and "labadmin" not in groups
+    assert lab.exec("stat", "-c", "%U %G %a", "/home/alice").stdout.split() == [
+        "alice", "lab", "750",
+    ]  # fmt: skip
+    assert lab.exec("readlink", "/home/alice/shared").stdout.strip() == "/home/shared"
+
+    reply = alice.login()
+    assert reply.status == 302, reply
+    assert alice.logged_in
+
+
+def test_login_messages(lab: Lab, admin: HubUser) -> None:
+    alice = lab.user("alice")
+    long = alice.login(password="x" * 73)
+    assert long.status == 400 and "at most 72 bytes" in long.message
+    assert alice.login(password="wrong-password-1").message == "Invalid username or password."
+
+    carol = lab.user("carol")
+    carol.signup()
+    for _ in range(5):
+        assert carol.login(password="not-carols-password").status != 302
+    locked = carol.login()  # even the right password, while locked
+    assert locked.status == 403 and "Too many failed logins for 'carol'" in locked.message
+
+
+# -- working in the lab ----------------------------------------------------------------------
+
+
+def test_alice_works_in_a_docker_kernel(lab: Lab, admin: HubUser, alice: HubUser, bob: HubUser):
+    admin.login()  # the admin's account is synced at login (labadmin group, sudo password)
+    lab.exec("sh", "-c", "echo 'a,b' > /home/shared/readonly/data.csv", user="admin")
+    lab.exec("sh", "-c", "echo hi > ~/notes.txt", user="bob")
+
+    seconds = alice.start_server()
+    print(f"alice's server started in {seconds:.1f} s")
+    started = time.monotonic()
+    kernel = alice.start_kernel()
+    print(f"her Docker kernel started in {time.monotonic() - started:.1f} s")
+    try:
+        run = alice.execute(kernel, KERNEL_PROBE)
+        assert run.status == "ok", run
+        facts = json.loads(run.stdout)
+    finally:
+        alice.shutdown_kernel(kernel)
+    print(facts)
+    assert facts["uid"] == uid_of(lab, "alice") >= 2000
+    assert 1500 in facts["groups"] and 0 not in facts["groups"]
+    assert facts["home"] == "/home/alice"
+    assert facts["write_home"] and facts["write_shared"]
+    assert facts["read_bob"] and facts["list_bob"] and not facts["write_bob"]
+    assert facts["read_readonly"] and not facts["write_readonly"]
+    assert not facts["new_in_readonly"]
+    assert facts["docker_socket"] == [] and not facts["broker_socket"]
+
+    # The same files, seen from the hub: hers, and the shared one writable by the lab.
+    owner = lab.exec("stat", "-c", "%U", "/home/alice/from-kernel.txt").stdout.strip()
+    assert owner == "alice"
+    lab.exec("sh", "-c", "echo 'bob was here' >> /home/shared/from-alice.txt", user="bob")
+
+
+def test_shared_notebooks_and_checkpoints_stay_lab_writable(lab: Lab, alice: HubUser, bob):
+    alice.start_server()
+    notebook = {
+        "type": "notebook",
+        "content": {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5},
+    }
+    reply = alice.server_api("PUT", "contents/shared/analysis.ipynb", json=notebook)
+    assert reply.status_code in (200, 201), reply.text
+    reply = alice.server_api("POST", "contents/shared/analysis.ipynb/checkpoints")
+    assert reply.status_code == 201, reply.text
+    for path in (
+        "/home/shared/analysis.ipynb",
+        "/home/shared/.ipynb_checkpoints",
+        "/home/shared/.ipynb_checkpoints/analysis-checkpoint.ipynb",
+    ):
+        assert lab.exec("test", "-w", path, user="bob", check=False).returncode == 0, path
+
+
+def test_nobody_reaches_the_docker_engine(lab: Lab, alice: HubUser) -> None:
+    for name in ("alice", "bob", "admin"):
+        assert "docker" not in lab.exec("id", "-nG", name).stdout.split()
+    probe = lab.exec(
+        "python3", "-c",
+        "import socket; s = socket.socket(socket.AF_UNIX); "
+        "s.connect('/srv/engine/docker.sock')",
+        user="alice", check=False,
+    )  # fmt: skip
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr
+
+    # The broker is reachable, but decides who and what itself: no host paths, no root.
+    ask = textwrap.dedent(
+        """
+        from labnotebook.provisioner.broker_client import BrokerEngine
+        from labnotebook.provisioner.identity import KernelIdentity
+        from labnotebook.provisioner.mounts import Mount
+        from labnotebook.provisioner.spec import KernelContainerSpec, PORT_NAMES
+        spec = KernelContainerSpec(
+            kernel_id="evil", kernel_name="evil", image="labnotebook/kernel-python:latest",
+            argv=["sleep", "60"], connection={"key": "k", **{p: 40000 + i for i, p in
+            enumerate(PORT_NAMES)}},
+            identity=KernelIdentity.build(username="root", uid=0, gid=0, home="/root"),
+            mounts=[Mount("/", "/host")],
+        )
+        try:
+            BrokerEngine("/run/labnotebook/broker.sock").launch(spec)
+            print("LAUNCHED")
+        except Exception as e:
+            print("REFUSED", e)
+        """
+    )
+    answer = lab.exec("python3", "-c", ask, user="alice", check=False)
+    assert answer.stdout.startswith("REFUSED"), answer.stdout + answer.stderr
+    assert "/" in answer.stdout
+
+
+def test_admins_get_sudo_and_others_do_not(lab: Lab, admin: HubUser, alice: HubUser) -> None:
+    admin.login()
+    as_admin = lab.exec(
+        "sudo", "-S", "-k", "-p", "", "id", "-u", user="admin", stdin=PASSWORDS["admin"] + "\n"
+    )
+    assert as_admin.stdout.strip() == "0"
+    as_alice = lab.exec(
+        "sudo", "-S", "-k", "-p", "", "true", user="alice", stdin=PASSWORDS["alice"] + "\n",
+        check=False,
+    )  # fmt: skip
+    assert as_alice.returncode != 0
+
+
+# -- upgrades and backups ---------------------------------------------------------------------
+
+
+def _fingerprint(lab: Lab) -> dict[str, object]:
+    files = [
+        "/home/alice/from-kernel.txt",
+        "/home/shared/from-alice.txt",
+        "/home/bob/notes.txt",
+        "/home/shared/readonly/data.csv",
+    ]
+    return {
+        "uids": {name: uid_of(lab, name) for name in ("admin", "alice", "bob")},
+        "files": lab.exec("stat", "-c", "%n %U %G %a", *files).stdout,
+        "acl": lab.exec("getfacl", "-p", "/home/shared", "/home/shared/readonly").stdout,
+        "content": lab.exec("cat", "/home/shared/from-alice.txt").stdout,
+    }
+
+
+def test_upgrade_keeps_users_uids_homes_and_approvals(lab: Lab, alice: HubUser, bob) -> None:
+    before = _fingerprint(lab)
+    registry = json.loads(lab.exec("cat", "/srv/state/users.json").stdout)
+    container_id = _container_id(lab)
+    started = time.monotonic()
+    lab.make("upgrade")
+    print(f"make upgrade took {time.monotonic() - started:.1f} s")
+    assert _container_id(lab) != container_id, "the container was not re-created"
+    assert _fingerprint(lab) == before
+    assert json.loads(lab.exec("cat", "/srv/state/users.json").stdout) == registry
+
+    again = lab.user("alice")
+    assert again.login().status == 302, "alice's approval or password was lost"
+    again.start_server()
+    reply = again.server_api("GET", "contents/from-kernel.txt")
+    assert reply.status_code == 200 and "alice's kernel" in reply.json()["content"]
+    admin = lab.user("admin")
+    assert admin.login().status == 302
+    assert admin.hub_api("GET", "users/admin").json()["admin"] is True
+
+
+def _container_id(lab: Lab) -> str:
+    return run("docker", "inspect", "-f", "{{.Id}}", lab.name).stdout.strip()
+
+
+def test_backup_and_restore_onto_fresh_volumes(
+    lab: Lab, second_lab: Lab, alice: HubUser, bob: HubUser
+) -> None:
+    before = _fingerprint(lab)
+    started = time.monotonic()
+    out = lab.make("backup").stdout
+    archives = sorted(lab.backup_dir.glob(f"{lab.name}-*.tar.gz"))
+    assert archives, out
+    print(f"make backup took {time.monotonic() - started:.1f} s: {archives[-1].stat().st_size} B")
+
+    second_lab.make("restore", BACKUP=str(archives[-1]))
+    second_lab.make("up")
+    assert _fingerprint(second_lab) == before
+    restored = second_lab.user("alice")
+    assert restored.login().status == 302
+    assert second_lab.user("bob").login().status == 302
+    # The database snapshot is a sound SQLite database.
+    check = second_lab.exec(
+        "sqlite3", "/srv/state/jupyterhub.sqlite", "PRAGMA integrity_check;"
+    )  # fmt: skip
+    assert check.stdout.strip() == "ok"
+
+    # Restoring over existing volumes is refused unless forced.
+    second_lab.make("down")
+    refused = second_lab.make("restore", check=False, BACKUP=str(archives[-1]))
+    assert refused.returncode != 0 and "exists" in refused.stderr
