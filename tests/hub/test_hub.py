@@ -284,8 +284,13 @@ def test_upgrade_keeps_users_uids_homes_and_approvals(lab: Lab, alice: HubUser, 
     before = _fingerprint(lab)
     registry = json.loads(lab.exec("cat", "/srv/state/users.json").stdout)
     container_id = _container_id(lab)
+    old_image = run("docker", "inspect", "-f", "{{.Image}}", lab.name).stdout.strip()
     started = time.monotonic()
-    lab.make("upgrade")
+    try:
+        lab.make("upgrade")
+    finally:
+        # The rebuilt image took over the test tag; the old one is ours to remove.
+        run("docker", "image", "rm", old_image, check=False)
     print(f"make upgrade took {time.monotonic() - started:.1f} s")
     assert _container_id(lab) != container_id, "the container was not re-created"
     assert _fingerprint(lab) == before
