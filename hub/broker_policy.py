@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import posixpath
 import re
 import string
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
-from labnotebook.provisioner.mounts import Mount
+from labnotebook.provisioner.mounts import Mount, is_mounted
 from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
@@ -43,7 +44,7 @@ REVIEWED_FIELDS = frozenset(
         "identity",  # IGNORED: recomputed from the peer's UID
         "connection",  # checked: ports and key, written into the user's container
         "env",  # the user's own environment; HOME/USER/LOGNAME forced to the account's
-        "working_dir",  # any absolute path inside the user's container
+        "working_dir",  # entered as the user when inside a mount (see _working_dir)
         "mounts",  # lab mounts always; requested ones only from allowed_mounts
         "network",  # FORCED to the configured network
         "publish_ports",  # refused: nothing of a kernel is published on the host
@@ -177,6 +178,20 @@ class LaunchPolicy(LoggingConfigurable):
         names the cap (the default: users learn why), or "clamp" it to the cap. A request with
         no limit always gets the cap.""",
     )
+    cwd_shim = List(
+        Unicode(),
+        default_value=[
+            "/bin/sh",
+            "-c",
+            'cd -- "$0" 2>/dev/null || echo "labnotebook: cannot enter $0; starting in $HOME" >&2;'
+            ' exec "$@"',
+        ],
+        config=True,
+        help="""Command prefix that makes the kernel start in a folder inside a mounted volume
+        (the notebook's folder): it is called with that folder, then the kernel's argv, and
+        must change into the folder as the user and exec the rest. Needs /bin/sh in the
+        image. (Docker's own working_dir would create a missing folder as root.)""",
+    )
     max_memory = Union(
         [Int(), Unicode()],
         default_value=None,
@@ -274,17 +289,21 @@ class LaunchPolicy(LoggingConfigurable):
         working_dir = request.get("working_dir")
         if working_dir is not None and not _text("working_dir", working_dir).startswith("/"):
             raise KernelConfigError(f"working_dir must be an absolute path: {working_dir!r}")
+        mounts = self._mounts(request.get("mounts") or [], substitutions)
+        working_dir, argv = self._working_dir(
+            working_dir, self._argv(request["argv"]), mounts, identity
+        )
 
         return KernelContainerSpec(
             kernel_id=kernel_id,
             kernel_name=kernel_name,
             image=image,
-            argv=self._argv(request["argv"]),
+            argv=argv,
             identity=identity,
             connection=self._connection(request["connection"]),
             env=self._env(request.get("env") or {}, identity),
             working_dir=working_dir,
-            mounts=self._mounts(request.get("mounts") or [], substitutions),
+            mounts=mounts,
             network=self.network,
             publish_ports=False,
             memory=self._capped(
@@ -342,6 +361,25 @@ class LaunchPolicy(LoggingConfigurable):
                 "lab's admin to add yours to LaunchPolicy.allowed_images."
             )
         return image
+
+    def _working_dir(
+        self, path: str | None, argv: list[str], mounts: list[Mount], identity: KernelIdentity
+    ) -> tuple[str | None, list[str]]:
+        """Where the kernel starts, without letting Docker create folders as root in volumes.
+
+        Docker (runc) creates a missing working directory as root before the kernel runs,
+        following symlinks the user controls inside writable mounts: a working_dir such as
+        /home/me/link-to-bob/x would leave a root-owned folder in another user's home. So
+        Docker only gets a working directory outside every mount (the container's own files)
+        or the user's home itself (in a folder only root can change); a folder deeper inside
+        a mount is entered by the kernel's own process, as the user, through `cwd_shim`.
+        """
+        if path is None:
+            return None, argv
+        path = "/" + posixpath.normpath(path).lstrip("/")  # '//home/x' is '/home/x' to runc
+        if path == identity.home or not is_mounted(path, mounts):
+            return path, argv
+        return identity.home, [*self.cwd_shim, path, *argv]
 
     @staticmethod
     def _argv(argv: Any) -> list[str]:

@@ -337,7 +337,9 @@ def scenario_timed_hello(sock: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def scenario_run_kernel(kernel_dirs: list[str], kernel_name: str, code: str) -> dict[str, Any]:
+def scenario_run_kernel(
+    kernel_dirs: list[str], kernel_name: str, code: str, cwd: str | None = None
+) -> dict[str, Any]:
     """Start a kernel with jupyter_client and the labnotebook provisioner; run code in it."""
     import asyncio
 
@@ -348,7 +350,7 @@ def scenario_run_kernel(kernel_dirs: list[str], kernel_name: str, code: str) -> 
         km = AsyncKernelManager(
             kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=kernel_dirs)
         )
-        await km.start_kernel()
+        await km.start_kernel(**({"cwd": cwd} if cwd else {}))
         try:
             container = km.provisioner.container_name
             engine = type(km.provisioner.engine).__name__

@@ -199,6 +199,30 @@ def test_mounts_are_the_labs_plus_the_allowed_ones_only() -> None:
             mounts(mount)
 
 
+def test_working_dir_inside_a_mount_is_entered_by_the_kernel_as_the_user() -> None:
+    root_policy = make_policy(lab_mounts=["homes:/home"], allow_root=True)
+    for requested, docker_dir, entered in [
+        ("/opt/work", "/opt/work", None),  # the container's own files: Docker may create it
+        ("/root", "/root", None),  # the home itself
+        ("/home/bob/x", "/root", "/home/bob/x"),
+        ("//home/bob/x", "/root", "/home/bob/x"),
+        ("/home/../home/bob", "/root", "/home/bob"),
+    ]:
+        spec = root_policy.admit(Peer(1, 0, 0), kernel_spec(working_dir=requested))
+        assert spec.working_dir == docker_dir
+        if entered is None:
+            assert spec.argv == ["sleep", "infinity"]
+        else:
+            assert spec.argv == [*root_policy.cwd_shim, entered, "sleep", "infinity"]
+    shim = subprocess.run(
+        [*root_policy.cwd_shim, "/nonexistent-dir", "sh", "-c", "pwd"],
+        capture_output=True, text=True, cwd="/", check=True,
+    )  # fmt: skip
+    assert shim.stdout.strip() == "/" and "cannot enter /nonexistent-dir" in shim.stderr
+    shim = subprocess.run([*root_policy.cwd_shim, "/tmp", "pwd"], capture_output=True, text=True)
+    assert shim.stdout.strip() == "/tmp"
+
+
 @pytest.mark.parametrize(
     "field",
     ["privileged", "cap_add", "devices", "pid_mode", "ipc_mode", "network_mode",
@@ -669,8 +693,10 @@ def lab(docker_client: docker.DockerClient) -> Iterator[Lab]:
         docker_client.containers.run(
             KERNEL_IMAGE,
             ["sh", "-c", " && ".join(
-                f"mkdir -p /home/{a.name} && chown {a.uid}:{a.gid} /home/{a.name}"
-                for a in (alice, bob)
+                [f"mkdir -p /home/{a.name} && chmod 700 /home/{a.name}" for a in (alice, bob)]
+                + [f"mkdir /home/{alice.name}/project",
+                   f"ln -s /home/{bob.name} /home/{alice.name}/to-bob"]
+                + [f"chown -hR {a.uid}:{a.gid} /home/{a.name}" for a in (alice, bob)]
             )],
             user="0:0",
             volumes={homes: {"bind": "/home", "mode": "rw"}},
@@ -736,15 +762,16 @@ def test_user_runs_a_kernel_through_the_broker_as_themselves(
         "    'user': pwd.getpwuid(os.getuid()).pw_name, 'home': home, 'cwd': os.getcwd(),\n"
         "    'proof_owner': os.stat(os.path.join(home, 'proof.txt')).st_uid}))\n"
     )
+    project = f"/home/{lab.alice.name}/project"  # the notebook's folder, in the homes volume
     result = lab.agents["alice"].call(
-        "run_kernel", kernel_dirs=kernel_dirs, kernel_name=name, code=code
+        "run_kernel", kernel_dirs=kernel_dirs, kernel_name=name, code=code, cwd=project
     )
     assert result["engine"] == "BrokerEngine" and result["status"] == "ok", result
     seen = json.loads(result["stdout"])
     alice = lab.alice
     assert (seen["uid"], seen["gid"], seen["user"]) == (alice.uid, alice.gid, alice.name)
     assert lab.group_gid in seen["groups"] and 0 not in seen["groups"]
-    assert seen["home"] == seen["cwd"] == f"/home/{alice.name}"
+    assert seen["home"] == f"/home/{alice.name}" and seen["cwd"] == project
     assert seen["proof_owner"] == alice.uid
     assert result["container"].startswith(f"labnotebook-{alice.name}-")
     with pytest.raises(docker.errors.NotFound):  # shut down and removed
@@ -854,6 +881,41 @@ def test_failing_launch_leaves_nothing(lab: Lab, docker_client: docker.DockerCli
     with pytest.raises(KernelLaunchError, match="Docker refused to create"):
         lab.agents["alice"].call("launch_json", sock=lab.broker.socket, spec=spec)
     assert no_container_for(docker_client, spec["kernel_id"])
+
+
+@pytest.mark.docker
+def test_working_dir_cannot_make_root_owned_folders_in_volumes(
+    lab: Lab, docker_client: docker.DockerClient
+) -> None:
+    """Docker would mkdir a missing working_dir as root, through the user's symlinks."""
+    alice, sock = lab.agents["alice"], lab.broker.socket
+    targets = [f"/home/{lab.bob.name}/planted", f"/home/{lab.alice.name}/to-bob/via-link"]
+    launched = [
+        alice.call(
+            "launch_json",
+            sock=sock,
+            spec=kernel_spec(labels={SESSION_LABEL: SESSION}, working_dir=target),
+        )
+        for target in targets
+    ]
+    try:
+        for container in launched:
+            state = alice.call(
+                "engine", sock=sock, method="state", args=[container["container_id"]]
+            )
+            assert state["running"], state  # the kernel started anyway, in its home
+        time.sleep(0.5)
+        logs = alice.call("engine", sock=sock, method="logs", args=[launched[0]["container_id"]])
+        assert "cannot enter" in logs
+        listing = docker_client.containers.run(
+            KERNEL_IMAGE, ["ls", "-A", f"/home/{lab.bob.name}"], user="0:0", network_mode="none",
+            volumes={lab.homes: {"bind": "/home", "mode": "ro"}}, remove=True,
+            labels={SESSION_LABEL: SESSION},
+        )  # fmt: skip
+        assert listing.decode().split() == []
+    finally:
+        for container in launched:
+            alice.call("engine", sock=sock, method="remove", args=[container["container_id"]])
 
 
 @pytest.mark.docker
