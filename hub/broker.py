@@ -152,6 +152,13 @@ class KernelBroker(Application):
     shutdown_grace = Float(
         30.0, config=True, help="Seconds a stopping broker waits for requests in progress."
     )
+    max_kernels_per_user = Int(
+        20,
+        allow_none=True,
+        config=True,
+        help="""Kernel containers (running or not) one user may have at once; a launch beyond
+        it is refused with a message. None: no limit.""",
+    )
     max_wait = Float(600.0, config=True, help="Longest a 'wait' request may block, in seconds.")
     reap_interval = Float(
         60.0,
@@ -191,6 +198,7 @@ class KernelBroker(Application):
         self._busy: dict[asyncio.StreamWriter, bool] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._launching: dict[int, int] = defaultdict(int)
 
     def start(self) -> None:
         asyncio.run(self.serve())
@@ -363,7 +371,7 @@ class KernelBroker(Application):
         try:
             try:
                 request = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise KernelConfigError(f"A broker request must be one JSON object: {e}") from None
             if not isinstance(request, dict):
                 raise KernelConfigError("A broker request must be a JSON object.")
@@ -423,14 +431,27 @@ class KernelBroker(Application):
 
     async def _op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "launch", spec=dict)
+        cap = self.max_kernels_per_user
 
         def launch() -> tuple[dict[str, Any], float]:
             spec = self.policy.admit(peer, args["spec"])
+            if cap is not None:
+                # Slots are reserved before counting, so concurrent launches cannot overshoot.
+                existing = len(self.engine.kernel_containers(spec.identity.uid))
+                if existing + self._launching[peer.uid] > cap:
+                    raise PermissionRefused(
+                        f"You already have {existing} kernel containers, the most this lab "
+                        f"allows per user is {cap}. Shut down kernels you no longer use."
+                    )
             started = time.perf_counter()
             launched = self.engine.launch(spec)
             return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
 
-        result, engine_ms = await self._run(launch)
+        self._launching[peer.uid] += 1
+        try:
+            result, engine_ms = await self._run(launch)
+        finally:
+            self._launching[peer.uid] -= 1
         return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
 
     def _owned(self, peer: Peer, container: str) -> str | None:

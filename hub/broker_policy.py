@@ -154,10 +154,26 @@ class LaunchPolicy(LoggingConfigurable):
     )
     allowed_pull_policies = List(
         CaselessStrEnum(["never", "if-not-present", "always"]),
-        default_value=["never", "if-not-present"],
+        default_value=["never"],
         config=True,
-        help="""Pull policies a kernelspec may use. "always" is off by default: it would let
-        any user make the engine download on every kernel start.""",
+        help="""Pull policies a kernelspec may use. Only "never" by default: the lab builds
+        its images (`make images`), and a pull would let any user fill the engine's disk
+        with whatever an allowed name resolves to in a public registry.""",
+    )
+    allowed_labels = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Shell-style patterns of label keys a kernelspec may put on its container;
+        other labels are dropped. None by default: tools that watch Docker read labels (a
+        reverse proxy would route traffic by `traefik.*` labels), so users must not set
+        arbitrary ones. The broker's own org.labnotebook.* labels are always set.""",
+    )
+    min_uid = Int(
+        1000,
+        config=True,
+        help="""Lowest UID that gets kernels (root aside, see allow_root): system accounts
+        such as www-data have no business starting containers.""",
     )
     allow_root = Bool(
         False,
@@ -333,6 +349,11 @@ class LaunchPolicy(LoggingConfigurable):
     def identity_of(self, peer: Peer) -> KernelIdentity:
         """The peer's account, from this machine's user database - never from the request."""
         identity = KernelIdentity.of_uid(peer.uid)
+        if 0 < identity.uid < self.min_uid:
+            raise PermissionRefused(
+                f"UID {identity.uid} ({identity.username}) is a system account; kernels are "
+                f"for the lab's users (UID {self.min_uid} and up, LaunchPolicy.min_uid)."
+            )
         if identity.uid == 0 or identity.gid == 0:
             if not self.allow_root:
                 raise PermissionRefused(
@@ -517,16 +538,23 @@ class LaunchPolicy(LoggingConfigurable):
             return GpuRequest()
         return request
 
-    @staticmethod
     def _labels(
-        labels: Any, peer: Peer, identity: KernelIdentity, kernel_id: str, kernel_name: str
+        self, labels: Any, peer: Peer, identity: KernelIdentity, kernel_id: str, kernel_name: str
     ) -> dict[str, str]:
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) + len(v) < 4096
             for k, v in labels.items()
         ):
             raise KernelConfigError("Kernel spec field 'labels' must be an object of text.")
-        result = {k: v for k, v in labels.items() if not k.startswith(L.PREFIX + ".")}
+        result = {
+            k: v
+            for k, v in labels.items()
+            if not k.startswith(L.PREFIX + ".")
+            and any(fnmatch.fnmatchcase(k, pattern) for pattern in self.allowed_labels)
+        }
+        dropped = sorted(set(labels) - set(result) - {k for k in labels if k.startswith(L.PREFIX)})
+        if dropped:
+            self.log.info("Dropped labels not in LaunchPolicy.allowed_labels: %s", dropped)
         result.update(
             {
                 L.ROLE: L.KERNEL_ROLE,

@@ -41,11 +41,15 @@ def measure(
     engine = DockerEngine()
     policy = LaunchPolicy()
     policy.network = network
+    policy.allowed_labels = list(labels or {})
     direct: list[float] = []
     brokered: list[float] = []
     overhead: list[float] = []
     launched: list[str] = []
-    broker = BrokerProcess(f"c.LaunchPolicy.network = {network!r}\n")
+    broker = BrokerProcess(
+        f"c.LaunchPolicy.network = {network!r}\n"
+        f"c.LaunchPolicy.allowed_labels = {list(labels or {})!r}\n"
+    )
     agent = None
     try:
         broker.start()

@@ -132,9 +132,9 @@ def test_docker_engine_never_asks_for_privileges() -> None:
 
 @needs_nobody
 def test_identity_name_labels_and_network_come_from_the_broker() -> None:
-    request = kernel_spec(network="host", labels={"team": "ml"})
+    request = kernel_spec(network="host", labels={"team": "ml", "traefik.enable": "true"})
     request["env"] = {"HOME": "/root", "USER": "root", "MPLBACKEND": "agg"}
-    spec = make_policy(network="labnet").admit(user_peer(), request)
+    spec = make_policy(network="labnet", allowed_labels=["team"]).admit(user_peer(), request)
     assert NOBODY is not None
     assert (spec.identity.uid, spec.identity.gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     assert spec.identity.username == "nobody" and spec.allow_root is False
@@ -145,12 +145,17 @@ def test_identity_name_labels_and_network_come_from_the_broker() -> None:
     assert spec.labels[L.ROLE] == L.KERNEL_ROLE
     assert spec.labels[L.SERVER] == L.server_identity(os.getpid())
     assert spec.labels["team"] == "ml"
+    assert "traefik.enable" not in spec.labels  # could make a reverse proxy route to it
     assert spec.env["HOME"] == NOBODY.pw_dir and spec.env["USER"] == "nobody"
     assert spec.env["MPLBACKEND"] == "agg"
     assert spec.pids_limit == 4096  # the default cap applies when nothing was asked
 
 
-def test_root_peers_are_refused_unless_the_admin_allows() -> None:
+def test_root_and_system_accounts_are_refused() -> None:
+    daemon = pwd.getpwnam("daemon")
+    with pytest.raises(PermissionRefused, match=r"UID \d+ \(daemon\) is a system account"):
+        make_policy().admit(Peer(1, daemon.pw_uid, daemon.pw_gid), kernel_spec())
+    assert make_policy(min_uid=1).admit(Peer(1, daemon.pw_uid, 1), kernel_spec()).identity.uid
     root = Peer(os.getpid(), 0, 0)
     with pytest.raises(PermissionRefused, match="does not start kernels for root"):
         make_policy().admit(root, kernel_spec())
@@ -241,8 +246,11 @@ def test_images_pull_policies_and_ports() -> None:
     for image in ("debian:bookworm", "labnotebook-evil/x", "evil.io/labnotebook/x", "sha256:1f"):
         with pytest.raises(PermissionRefused, match="not one of this lab's kernel images"):
             policy.admit(user_peer(), kernel_spec(image=image))
-    with pytest.raises(PermissionRefused, match="pull policy 'always' is not allowed"):
-        policy.admit(user_peer(), kernel_spec(pull_policy="always"))
+    for pull in ("always", "if-not-present"):
+        with pytest.raises(PermissionRefused, match=f"pull policy '{pull}' is not allowed"):
+            policy.admit(user_peer(), kernel_spec(pull_policy=pull))
+    opened = make_policy(allowed_pull_policies=["never", "if-not-present"])
+    assert opened.admit(user_peer(), kernel_spec(pull_policy="if-not-present")).pull_policy
     with pytest.raises(PermissionRefused, match="never on ports published on the host"):
         policy.admit(user_peer(), kernel_spec(publish_ports=True))
 
@@ -509,6 +517,25 @@ async def test_concurrent_calls_from_threads(fake_broker: InProcessBroker) -> No
     assert len(client._idle) <= client.max_idle
 
 
+async def test_kernels_per_user_are_capped(tmp_path: Path) -> None:
+    running = await start_in_process(tmp_path / "b", max_kernels_per_user=3)
+    client = BrokerEngine(running.socket, broker_uid=None)
+    try:
+        specs = [KernelContainerSpec.from_json(kernel_spec(env={"FAKE_DELAY": "0.2"}))
+                 for _ in range(5)]  # fmt: skip
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(client.launch, s) for s in specs), return_exceptions=True
+        )
+        refused = [o for o in outcomes if isinstance(o, PermissionRefused)]
+        assert len(running.engine.containers) == 3 and len(refused) == 2, outcomes
+        assert "the most this lab allows per user is 3" in str(refused[0])
+        await asyncio.to_thread(client.remove, next(iter(running.engine.containers)))
+        await asyncio.to_thread(client.launch, specs[0])
+    finally:
+        running.stop.set()
+        await running.task
+
+
 async def test_protocol_errors_are_clear(fake_broker: InProcessBroker) -> None:
     answers = await asyncio.to_thread(
         raw_exchange,
@@ -523,6 +550,7 @@ async def test_protocol_errors_are_clear(fake_broker: InProcessBroker) -> None:
         b'{"op": "state", "container": "../../x"}',
         b'{"op": "list", "uid": 0}',
         b'{"op": "hello", "peer": {"uid": 0}}',
+        b"[" * 100_000,
         b'{"op": "hello"}',
     )
     expected = [
@@ -536,6 +564,7 @@ async def test_protocol_errors_are_clear(fake_broker: InProcessBroker) -> None:
         "is not a container ID or name",
         "takes no 'uid'. (Who is asking is never part of a request",
         "takes no 'peer'",
+        "must be one JSON object",
     ]
     for answer, message in zip(answers, expected, strict=False):
         assert answer is not None and answer["ok"] is False, answer
@@ -708,6 +737,7 @@ def lab(docker_client: docker.DockerClient) -> Iterator[Lab]:
             f"c.LaunchPolicy.network = {TEST_NETWORK!r}\n"
             f"c.LaunchPolicy.lab_mounts = ['{homes}:/home']\n"
             f"c.LaunchPolicy.allowed_mounts = ['{shared}:/shared', '{reference}:/reference:ro']\n"
+            f"c.LaunchPolicy.allowed_labels = ['{SESSION_LABEL}']\n"
             "c.LaunchPolicy.max_memory = '2g'\n"
             "c.LaunchPolicy.max_cpus = 1.5\n"
             "c.KernelBroker.reap_interval = 0\n"
@@ -791,7 +821,9 @@ def test_test_accounts_really_cannot_use_docker(lab: Lab) -> None:
 def test_forged_identity_and_labels_are_ignored_and_no_privileges_given(
     lab: Lab, docker_client: docker.DockerClient
 ) -> None:
-    spec = kernel_spec(network="host", labels={SESSION_LABEL: SESSION})
+    spec = kernel_spec(
+        network="host", labels={SESSION_LABEL: SESSION, "traefik.http.routers.k.rule": "Host(`x`)"}
+    )
     assert spec["identity"]["uid"] == 0 and spec["allow_root"] is True
     launched = lab.agents["alice"].call("launch_json", sock=lab.broker.socket, spec=spec)
     try:
@@ -802,6 +834,7 @@ def test_forged_identity_and_labels_are_ignored_and_no_privileges_given(
         labels = details["Config"]["Labels"]
         assert labels[L.OWNER_UID] == str(alice.uid) and labels[L.OWNER] == alice.name
         assert labels[L.SERVER] == L.server_identity(lab.agents["alice"].pid)
+        assert labels[SESSION_LABEL] == SESSION and not any(k.startswith("traefik") for k in labels)
         assert f"HOME=/home/{alice.name}" in details["Config"]["Env"]
         host = details["HostConfig"]
         assert host["Privileged"] is False
