@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 from typing import Any
+from urllib.parse import urlparse
 
 from jupyterhub import orm
 from nativeauthenticator import NativeAuthenticator
@@ -31,6 +32,7 @@ from nativeauthenticator.handlers import (
 from nativeauthenticator.handlers import (
     ChangePasswordAdminHandler,
     ChangePasswordHandler,
+    DiscardHandler,
     LoginHandler,
     SignUpHandler,
     ToggleAuthorizationHandler,
@@ -38,6 +40,8 @@ from nativeauthenticator.handlers import (
 )
 from nativeauthenticator.orm import UserInfo
 from tornado import web
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Bool, Integer, default
 
 from . import bootstrap, users
@@ -172,6 +176,7 @@ class LabAuthenticator(NativeAuthenticator):
             LoginHandler: LabLoginHandler,
             SignUpHandler: LabSignUpHandler,
             ToggleAuthorizationHandler: LabToggleAuthorizationHandler,
+            DiscardHandler: LabDiscardHandler,
             ChangePasswordHandler: LabChangePasswordHandler,
             ChangePasswordAdminHandler: LabChangePasswordAdminHandler,
         }
@@ -180,6 +185,28 @@ class LabAuthenticator(NativeAuthenticator):
 
 class LabLoginHandler(LoginHandler):
     """The login form, with specific messages for a locked name and an over-long password."""
+
+    def _render(
+        self, login_error: str | None = None, username: str | None = None, **kwargs: Any
+    ) -> Any:
+        # JupyterHub renders errors of the login POST (an expired form, say) through
+        # _render(..., sync=True, status_code=...); NativeAuthenticator 1.3.0's _render takes
+        # neither, which turns a "try again" into a 500.
+        return self.render_template(
+            "native-login.html",
+            sync=kwargs.get("sync", False),
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error,
+            custom_html=self.authenticator.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=self.authenticator.enable_signup,
+            two_factor_auth=self.authenticator.allow_2fa,
+            authenticator_login_url=url_concat(
+                self.authenticator.login_url(self.hub.base_url),
+                {"next": self.get_argument("next", "")},
+            ),
+        )
 
     async def post(self) -> None:
         authenticator: LabAuthenticator = self.authenticator
@@ -238,10 +265,24 @@ class LabSignUpHandler(SignUpHandler):
         await super().post()
 
 
+def _refuse_cross_site(handler: web.RequestHandler) -> None:
+    """NativeAuthenticator approves and discards people with plain GET links, which another
+    site could make an admin's browser follow. Accept them only from the hub's own pages."""
+    site = handler.request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site not in ("same-origin", "none"):
+            raise web.HTTPError(403, "Approve people from the hub's /hub/authorize page.")
+        return
+    referer = handler.request.headers.get("Referer")
+    if referer and urlparse(referer).netloc != handler.request.host:
+        raise web.HTTPError(403, "Approve people from the hub's /hub/authorize page.")
+
+
 class LabToggleAuthorizationHandler(ToggleAuthorizationHandler):
     """Approving (or revoking) a person at /hub/authorize/NAME; approval makes their account."""
 
     async def get(self, slug: str) -> None:
+        _refuse_cross_site(self)
         await super().get(slug)
         info = UserInfo.find(self.db, slug)
         if info is not None and info.is_authorized:
@@ -253,6 +294,14 @@ def _refuse_long_password(handler: web.RequestHandler, *fields: str) -> str | No
         if message := too_long(handler.get_body_argument(field, "", strip=False)):
             return message
     return None
+
+
+class LabDiscardHandler(DiscardHandler):
+    """Discarding a sign-up at /hub/discard/NAME, from the hub's own pages only."""
+
+    async def get(self, user_name: str) -> None:
+        _refuse_cross_site(self)
+        await super().get(user_name)
 
 
 class LabChangePasswordHandler(ChangePasswordHandler):

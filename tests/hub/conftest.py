@@ -13,7 +13,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,7 +54,8 @@ class Lab:
     port: int
     image: str
     backup_dir: Path
-    users: dict[str, HubUser] = field(default_factory=dict)
+    certificate: Path | None = None
+    """The operator's certificate given to `make up SSL_CERT=...`; None: the generated one."""
 
     @property
     def url(self) -> str:
@@ -83,6 +84,9 @@ class Lab:
         return run("docker", "exec", *flags, "-u", user, self.name, *argv, input=stdin, check=check)
 
     def ca_file(self) -> Path:
+        """The certificate to trust: the operator's, or the one the hub generated."""
+        if self.certificate is not None:
+            return self.certificate
         path = self.backup_dir / f"{self.name}-cert.pem"
         path.write_text(self.exec("cat", "/srv/state/tls/cert.pem").stdout)
         return path

@@ -145,11 +145,30 @@ def test_people_wait_for_approval(lab: Lab, admin: HubUser) -> None:
     assert alice.logged_in
 
 
+def test_approval_links_only_work_from_the_hub(lab: Lab, admin: HubUser) -> None:
+    lab.user("carol").signup()
+    admin.login()
+    forged = admin.session.get(
+        lab.url + "hub/authorize/carol", headers={"Sec-Fetch-Site": "cross-site"}, timeout=30
+    )
+    assert forged.status_code == 403
+    assert "has not been authorized" in lab.user("carol").login().message
+
+
 def test_login_messages(lab: Lab, admin: HubUser) -> None:
     alice = lab.user("alice")
     long = alice.login(password="x" * 73)
     assert long.status == 400 and "at most 72 bytes" in long.message
     assert alice.login(password="wrong-password-1").message == "Invalid username or password."
+
+    # An expired or forged form gets JupyterHub's "try again", not a 500 (NativeAuthenticator
+    # 1.3.0's login page cannot render errors on JupyterHub >= 5.3 without our fix).
+    expired = alice.session.post(
+        lab.url + "hub/login?next=",
+        data={"_xsrf": "expired", "username": "alice", "password": PASSWORDS["alice"]},
+        timeout=30,
+    )
+    assert expired.status_code == 403 and "Login form invalid or expired" in expired.text
 
     carol = lab.user("carol")
     carol.signup()
@@ -169,6 +188,9 @@ def test_alice_works_in_a_docker_kernel(lab: Lab, admin: HubUser, alice: HubUser
 
     seconds = alice.start_server()
     print(f"alice's server started in {seconds:.1f} s")
+    specs = alice.server_api("GET", "kernelspecs").json()
+    assert specs["default"] == "python-docker"
+    assert list(specs["kernelspecs"]) == ["python-docker"], "kernels run in containers only"
     started = time.monotonic()
     kernel = alice.start_kernel()
     print(f"her Docker kernel started in {time.monotonic() - started:.1f} s")
@@ -260,6 +282,28 @@ def test_admins_get_sudo_and_others_do_not(lab: Lab, admin: HubUser, alice: HubU
         check=False,
     )  # fmt: skip
     assert as_alice.returncode != 0
+    assert lab.exec("test", "-w", "/home/shared/readonly", user="alice", check=False).returncode
+
+
+def test_promoted_admins_get_admin_rights_at_their_next_login(lab: Lab, admin, bob) -> None:
+    assert "labadmin" not in lab.exec("id", "-nG", "bob").stdout.split()
+    admin.login()
+    reply = admin.hub_api("PATCH", "users/bob", json={"admin": True})
+    assert reply.status_code == 200, reply.text
+    assert lab.user("bob").login().status == 302
+    assert "labadmin" in lab.exec("id", "-nG", "bob").stdout.split()
+    lab.exec("touch", "/home/shared/readonly/from-bob.txt", user="bob")
+    registry = json.loads(lab.exec("cat", "/srv/state/users.json").stdout)
+    assert registry["users"]["bob"]["admin"] is True
+
+
+def test_idle_culling_is_configured(lab: Lab) -> None:
+    processes = lab.exec("ps", "-o", "user=,args=", "-C", "python3").stdout
+    culler = [line for line in processes.splitlines() if "jupyterhub_idle_culler" in line]
+    assert culler and culler[0].split()[0] == "nobody", processes
+    assert "--timeout=28800" in culler[0]
+    server = json.loads(lab.exec("cat", "/etc/jupyter/jupyter_server_config.json").stdout)
+    assert server["MappingKernelManager"]["cull_idle_timeout"] == 7200
 
 
 # -- upgrades and backups ---------------------------------------------------------------------
@@ -321,7 +365,15 @@ def test_backup_and_restore_onto_fresh_volumes(
     print(f"make backup took {time.monotonic() - started:.1f} s: {archives[-1].stat().st_size} B")
 
     second_lab.make("restore", BACKUP=str(archives[-1]))
-    second_lab.make("up")
+    # This time with the operator's own certificate, which the hub must serve.
+    cert, key = lab.backup_dir / "operator-cert.pem", lab.backup_dir / "operator-key.pem"
+    run(
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-days", "2", "-subj", "/CN=operator-test", "-keyout", str(key),
+        "-out", str(cert), "-addext", "subjectAltName=IP:127.0.0.1",
+    )  # fmt: skip
+    second_lab.make("up", SSL_CERT=str(cert), SSL_KEY=str(key))
+    second_lab.certificate = cert
     assert _fingerprint(second_lab) == before
     restored = second_lab.user("alice")
     assert restored.login().status == 302
