@@ -109,7 +109,10 @@ print_welcome() {
     token=$(docker exec "$LAB" cat /srv/state/admin-setup-token 2>/dev/null || true)
     say ""
     say "The lab hub is up: $host   (on this machine: $(local_url))"
-    if ! yes_flag "$PLAIN_HTTP" && [ -z "$SSL_CERT" ]; then
+    if yes_flag "$PLAIN_HTTP"; then
+        say "PLAIN_HTTP=yes: passwords cross the network in clear text. Serve it only behind a"
+        say "proxy that terminates TLS, or leave PLAIN_HTTP out to get HTTPS."
+    elif [ -z "$SSL_CERT" ]; then
         say "It uses a self-signed certificate: browsers warn until you give it a real one"
         say "(make up SSL_CERT=/path/fullchain.pem SSL_KEY=/path/privkey.pem)."
     fi
