@@ -1,0 +1,149 @@
+"""Unit tests of the hub's pure parts: no Docker, no root, no running hub."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from labnotebook.hub import bootstrap, names, startup
+from labnotebook.hub.registry import Registry
+from labnotebook.hub.settings import FIRST_UID, LabSettings
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("alice", None),
+        ("bob_2", None),
+        ("a-b", None),
+        ("root", "reserved"),
+        ("systemd-oom", "reserved"),
+        ("lab", "reserved"),
+        ("Alice", "lowercase"),
+        ("al ice", "no spaces"),
+        ("_apt", "start with a lowercase letter"),
+        ("x" * 33, "at most 32"),
+        ("", "choose a user name"),
+    ],
+)
+def test_user_names(name: str, problem: str | None) -> None:
+    found = names.name_problem(name)
+    assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+def test_password_policy() -> None:
+    pytest.importorskip("nativeauthenticator")
+    from labnotebook.hub.passwords import password_problem, too_long
+
+    assert password_problem("alice", "correct horse battery", 10) is None
+    assert "at least 10" in (password_problem("alice", "short", 10) or "")
+    assert "commonly used" in (password_problem("alice", "Password123", 10) or "")
+    assert "user name" in (password_problem("alice", "xx-ALICE-xx-1", 10) or "")
+    assert "few different" in (password_problem("alice", "abababababab", 10) or "")
+    assert too_long("a" * 72) is None
+    assert "74 bytes" in (too_long("ü" * 37) or "")
+
+
+def test_registry_keeps_uids_forever(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    with Registry(path) as registry:
+        alice = registry.member("alice")
+        bob = registry.member("bob", taken_uids=iter([FIRST_UID + 1]))
+    assert (alice.uid, bob.uid) == (FIRST_UID, FIRST_UID + 2)
+    with Registry(path) as registry:
+        registry.members["alice"].active = False
+        registry.member("carol")
+    again = Registry.load(path)
+    assert again.members["carol"].uid == FIRST_UID + 3
+    assert [m.name for m in again.active()] == ["bob", "carol"]
+    with Registry(path) as registry:
+        assert registry.member("alice").uid == FIRST_UID  # back, with her old UID
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_registry_is_not_saved_after_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    with pytest.raises(RuntimeError), Registry(path) as registry:
+        registry.member("alice")
+        raise RuntimeError("useradd failed")
+    assert not path.exists()
+
+
+def test_setup_token_is_one_time(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    token = bootstrap.ensure_token(path)
+    assert bootstrap.ensure_token(path) == token
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert bootstrap.check_token(token, path)
+    assert not bootstrap.check_token("guess", path)
+    assert not bootstrap.check_token("", path)
+    bootstrap.consume_token(path)
+    assert not bootstrap.check_token(token, path)
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB", "lab2")
+    monkeypatch.setenv("PLAIN_HTTP", "yes")
+    monkeypatch.setenv("KERNEL_IDLE_TIMEOUT", "60")
+    monkeypatch.setenv("TLS_HOSTNAMES", "hub.example.org, 10.0.0.5")
+    lab = LabSettings.from_env()
+    assert (lab.homes_volume, lab.network) == ("lab2-homedirs", "lab2")
+    assert lab.plain_http and lab.kernel_idle_timeout == 60
+    assert lab.tls_hostnames == ("hub.example.org", "10.0.0.5")
+    monkeypatch.setenv("SERVER_IDLE_TIMEOUT", "soon")
+    with pytest.raises(SystemExit, match="SERVER_IDLE_TIMEOUT must be a number"):
+        LabSettings.from_env()
+
+
+def test_kernelspec_and_broker_config_follow_the_settings() -> None:
+    lab = LabSettings(name="lab2", homes_volume="lab2-homedirs", network="lab2")
+    spec = startup.kernelspec(lab)
+    config = spec["metadata"]["kernel_provisioner"]["config"]
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "labnotebook-docker"
+    assert config["broker_socket"] == "/run/labnotebook/broker.sock"
+    assert config["volumes"] == ["lab2-homedirs:/home"] and config["network"] == "lab2"
+    broker = startup.broker_config(lab)
+    compile(broker, "broker_config.py", "exec")
+    assert "c.LaunchPolicy.lab_mounts = ['lab2-homedirs:/home']" in broker
+    assert "c.LaunchPolicy.network = 'lab2'" in broker
+    server = startup.server_config(lab)
+    assert server["MappingKernelManager"]["cull_idle_timeout"] == lab.kernel_idle_timeout
+
+
+def test_state_snapshot_copies_sqlite_consistently(tmp_path: Path) -> None:
+    from labnotebook.hub.backup import snapshot_state
+
+    state = tmp_path / "state"
+    (state / "tls").mkdir(parents=True)
+    (state / "tls" / "key.pem").write_text("key")
+    (state / "users.json").write_text(json.dumps({"users": {}}))
+    (state / "users.lock").write_text("")
+    db = sqlite3.connect(state / "jupyterhub.sqlite")
+    db.execute("create table t (x)")
+    db.execute("insert into t values (1)")
+    db.commit()
+    db.execute("insert into t values (2)")  # not committed: must not be in the snapshot
+    copy = tmp_path / "copy"
+    assert snapshot_state(state, copy) == ["jupyterhub.sqlite"]
+    db.rollback()
+    db.close()
+    rows = sqlite3.connect(copy / "jupyterhub.sqlite").execute("select x from t").fetchall()
+    assert rows == [(1,)]
+    assert (copy / "tls" / "key.pem").read_text() == "key"
+    assert not (copy / "users.lock").exists()
+
+
+def test_self_signed_certificate_names(tmp_path: Path) -> None:
+    from labnotebook.hub import tls
+
+    cert = tls.generate(tmp_path / "tls", ("labnotebook", "hub.example.org", "10.1.2.3"))
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", str(cert.cert)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for name in ("DNS:labnotebook", "DNS:hub.example.org", "IP Address:10.1.2.3", "127.0.0.1"):
+        assert name in text
+    assert oct(cert.key.stat().st_mode & 0o777) == "0o600"
