@@ -76,6 +76,11 @@ def _username(uid: int) -> str:
         return f"uid{uid}"
 
 
+def _printable(text: str, limit: int) -> str:
+    """For the log: what a request says, cut short, with no way to forge log lines."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def _arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
     """The op's arguments, checked: `fields` maps name -> type, or (type, default)."""
     unknown = set(request) - set(fields) - {"op"}
@@ -375,14 +380,14 @@ class KernelBroker(Application):
                 raise KernelConfigError(f"A broker request must be one JSON object: {e}") from None
             if not isinstance(request, dict):
                 raise KernelConfigError("A broker request must be a JSON object.")
-            op = str(request.get("op"))[:32]
+            op = _printable(str(request.get("op")), 32)
             if op not in OPS:
                 raise KernelConfigError(
                     f"The kernel broker has no operation {op!r} (it knows {', '.join(OPS)})."
                 )
-            target = str(request.get("container") or "-")[:12]
+            target = _printable(str(request.get("container") or "-"), 12)
             if op == "launch" and isinstance(request.get("spec"), dict):
-                target = "kernel " + str(request["spec"].get("kernel_id"))[:40]
+                target = "kernel " + _printable(str(request["spec"].get("kernel_id")), 40)
             async with self._user_slot(peer.uid):
                 response = await getattr(self, f"_op_{op}")(peer, request)
             if op == "launch":
