@@ -33,9 +33,10 @@ import pwd
 import signal
 import socket
 import stat
+import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -203,7 +204,8 @@ class KernelBroker(Application):
         self._busy: dict[asyncio.StreamWriter, bool] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._launching: dict[int, int] = defaultdict(int)
+        self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
+        self._kernel_locks: dict[int, threading.Lock] = {}
 
     def start(self) -> None:
         asyncio.run(self.serve())
@@ -436,28 +438,43 @@ class KernelBroker(Application):
 
     async def _op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "launch", spec=dict)
-        cap = self.max_kernels_per_user
 
         def launch() -> tuple[dict[str, Any], float]:
             spec = self.policy.admit(peer, args["spec"])
-            if cap is not None:
-                # Slots are reserved before counting, so concurrent launches cannot overshoot.
-                existing = len(self.engine.kernel_containers(spec.identity.uid))
-                if existing + self._launching[peer.uid] > cap:
-                    raise PermissionRefused(
-                        f"You already have {existing} kernel containers, the most this lab "
-                        f"allows per user is {cap}. Shut down kernels you no longer use."
-                    )
-            started = time.perf_counter()
-            launched = self.engine.launch(spec)
-            return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
+            with self._reserve_kernel(peer.uid):
+                started = time.perf_counter()
+                launched = self.engine.launch(spec)
+                return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
 
-        self._launching[peer.uid] += 1
-        try:
-            result, engine_ms = await self._run(launch)
-        finally:
-            self._launching[peer.uid] -= 1
+        result, engine_ms = await self._run(launch)
         return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
+
+    @contextlib.contextmanager
+    def _reserve_kernel(self, uid: int) -> Iterator[None]:
+        """Hold one of the user's max_kernels_per_user places while their launch runs.
+
+        Counting and reserving happen under the user's lock, so concurrent launches cannot
+        all see room for one more. (A launch that has created its container counts twice
+        until it returns: near the cap, concurrent launches err on the side of refusing.)
+        """
+        cap = self.max_kernels_per_user
+        if cap is None:
+            yield
+            return
+        with self._kernel_locks.setdefault(uid, threading.Lock()):
+            existing = len(self.engine.kernel_containers(uid))
+            if existing + self._launching[uid] >= cap:
+                raise PermissionRefused(
+                    f"You already have {existing + self._launching[uid]} kernel containers; "
+                    f"the most this lab allows per user is {cap}. Shut down kernels you no "
+                    "longer use."
+                )
+            self._launching[uid] += 1
+        try:
+            yield
+        finally:
+            with self._kernel_locks[uid]:
+                self._launching[uid] -= 1
 
     def _owned(self, peer: Peer, container: str) -> str | None:
         """The full ID of `container` if it is one of the peer's kernels; None if it is gone."""
