@@ -109,7 +109,12 @@ def _make_account(member: Member) -> None:
     else:
         _run("usermod", "--groups", groups, name)
     # The hub password's hash, so that sudo can ask for it; "!" (locked) until the first login.
-    _run("usermod", "--password", member.password_hash or "!", name)
+    _set_hash(name, member.password_hash or "!")
+
+
+def _set_hash(name: str, password_hash: str) -> None:
+    # On stdin, not in argv: any user can read other processes' command lines.
+    _run("chpasswd", "--encrypted", stdin=f"{name}:{password_hash}\n")
 
 
 def _make_home(member: Member, private: bool) -> None:
@@ -160,7 +165,7 @@ def set_password_hash(name: str, password: str) -> None:
         if member is None:
             return
         member.password_hash = password_hash
-    _run("usermod", "--password", password_hash, name)
+    _set_hash(name, password_hash)
 
 
 def deactivate(name: str) -> None:

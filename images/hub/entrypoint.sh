@@ -15,17 +15,18 @@ esac
 python3 -m labnotebook.hub.startup
 
 # The broker is the only process that talks to the Docker engine. It is restarted if it dies,
-# so a crash cannot leave the lab without kernels until the next container restart.
+# so a crash cannot leave the lab without kernels until the next container restart. It runs in
+# its own session: `docker stop` signals JupyterHub (tini -g: its process group) and the broker
+# keeps serving while the users' servers shut their kernels down; it ends with the container.
 if python3 -c "import labnotebook.hub.broker" 2>/dev/null; then
-    (
+    setsid sh -c '
         while :; do
             python3 -m labnotebook.hub.broker \
                 --socket /run/labnotebook/broker.sock \
                 --config /etc/labnotebook/broker_config.py || true
             echo "labnotebook: the kernel broker exited; restarting it in 2 s" >&2
             sleep 2
-        done
-    ) &
+        done' &
 else
     echo "labnotebook: WARNING: this image has no kernel broker; Docker kernels will not start" >&2
 fi
