@@ -59,5 +59,7 @@ if lab.server_idle_timeout:
     ]
 
 # -- the admin's own additions, kept on the state volume ------------------------------------
+# Run here rather than with load_subconfig (which replaces whole values), so that e.g.
+# c.Authenticator.admin_users.add("pi") adds to the lab's set.
 if HUB_OVERRIDES.exists():
-    load_subconfig(str(HUB_OVERRIDES))  # noqa: F821 - provided by JupyterHub
+    exec(compile(HUB_OVERRIDES.read_text(), str(HUB_OVERRIDES), "exec"))

@@ -30,6 +30,7 @@ from .settings import (
     BROKER_OVERRIDES,
     BROKER_SOCKET,
     ENGINE_SOCKET,
+    FIRST_UID,
     KERNELSPEC_DIR,
     STATE_DIR,
     LabSettings,
@@ -132,9 +133,14 @@ c.KernelBroker.docker_host = {f"unix://{ENGINE_SOCKET}"!r}
 c.LaunchPolicy.network = {settings.network!r}
 c.LaunchPolicy.lab_mounts = [{f"{settings.homes_volume}:/home"!r}]
 c.LaunchPolicy.allowed_images = {images!r}
+# Only lab members (UIDs from {FIRST_UID}) get kernels, not the image's system accounts.
+c.LaunchPolicy.min_uid = {FIRST_UID}
 
+# Run in this namespace (not load_subconfig, which replaces whole values): an override's
+# c.LaunchPolicy.allowed_images.append(...) extends the lab's list.
 if os.path.exists({str(BROKER_OVERRIDES)!r}):
-    load_subconfig({str(BROKER_OVERRIDES)!r})
+    with open({str(BROKER_OVERRIDES)!r}) as overrides:
+        exec(compile(overrides.read(), {str(BROKER_OVERRIDES)!r}, "exec"))
 """
 
 

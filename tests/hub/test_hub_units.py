@@ -147,3 +147,18 @@ def test_self_signed_certificate_names(tmp_path: Path) -> None:
     for name in ("DNS:labnotebook", "DNS:hub.example.org", "IP Address:10.1.2.3", "127.0.0.1"):
         assert name in text
     assert oct(cert.key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_broker_overrides_extend_the_lab_policy(tmp_path: Path) -> None:
+    from traitlets.config.loader import PyFileConfigLoader
+
+    overrides = tmp_path / "overrides.py"
+    overrides.write_text('c.LaunchPolicy.allowed_images.append("mylab/*")\n')
+    text = startup.broker_config(LabSettings()).replace(
+        str(startup.BROKER_OVERRIDES), str(overrides)
+    )
+    (tmp_path / "broker_config.py").write_text(text)
+    config = PyFileConfigLoader("broker_config.py", path=str(tmp_path)).load_config()
+    assert config.LaunchPolicy.allowed_images[-1] == "mylab/*"
+    assert "labnotebook/*" in config.LaunchPolicy.allowed_images
+    assert config.LaunchPolicy.min_uid == FIRST_UID
