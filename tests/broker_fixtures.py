@@ -149,7 +149,10 @@ class UserAgent:
 
     def __init__(self, uid: int, env: dict[str, str] | None = None) -> None:
         entry = pwd.getpwuid(uid)
-        scratch = (env or {}).get("LNBTEST_SCRATCH") or tempfile.mkdtemp(prefix="lnbagent-")
+        scratch = (env or {}).get("LNBTEST_SCRATCH") or ""
+        self._own_scratch = not scratch
+        scratch = scratch or tempfile.mkdtemp(prefix="lnbagent-")
+        self.scratch = scratch
         os.chown(scratch, uid, entry.pw_gid)
         environment = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -209,6 +212,8 @@ class UserAgent:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._own_scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> UserAgent:
         return self
