@@ -27,4 +27,5 @@ mkdir -p "$context/src"
     || find pyproject.toml README.md provisioner hub kernelspecs -type f -print0) \
     | (cd "$root" && xargs -0 cp --parents -t "$context/src")
 
-docker build --tag "$tag" "$@" "$context"
+# --force-rm: the legacy builder otherwise leaves the failed step's container behind.
+docker build --force-rm --tag "$tag" "$@" "$context"
