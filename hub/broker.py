@@ -68,6 +68,8 @@ from .broker_policy import _TOKEN, LaunchPolicy, Peer
 
 T = TypeVar("T")
 _NOT_GIVEN = object()
+# Read-only requests the provisioner makes every few seconds per kernel: logged at DEBUG.
+QUIET_OPS = frozenset({"state", "logs"})
 
 
 def _username(uid: int) -> str:
@@ -408,7 +410,10 @@ class KernelBroker(Application):
             outcome = type(e).__name__
             return error_response(e)
         finally:
-            self.log.info(
+            # Routine polls (state, every few seconds per kernel) would drown the log.
+            level = logging.DEBUG if op in QUIET_OPS and outcome == "ok" else logging.INFO
+            self.log.log(
+                level,
                 "%s(%d) pid %d %s %s: %s in %.1f ms",
                 _username(peer.uid),
                 peer.uid,

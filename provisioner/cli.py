@@ -1,9 +1,9 @@
 """`labnotebook`: list and prune kernel containers, install the Docker kernelspecs.
 
-    labnotebook kernels ls [--all-users]
-    labnotebook kernels prune [--all] [--dry-run]
-    labnotebook kernelspec install [--user | --sys-prefix | --prefix DIR] [--image IMAGE] [NAME]
-    labnotebook kernelspec list
+labnotebook kernels ls [--all-users]
+labnotebook kernels prune [--all] [--dry-run]
+labnotebook kernelspec install [--user | --sys-prefix | --prefix DIR] [--image IMAGE] [NAME]
+labnotebook kernelspec list
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def cmd_kernels_ls(args: argparse.Namespace) -> int:
     print(f"{'CONTAINER':<14}{'OWNER':<12}{'KERNEL ID':<38}{'CREATED':<18}{'ORPHAN':<8}STATUS")
     for k in rows:
         created = datetime.datetime.fromtimestamp(k.created).strftime("%Y-%m-%d %H:%M")
-        print(f"{k.container_id[:12]:<14}{k.owner:<12}{k.kernel_id:<38}{created:<18}"
-              f"{'yes' if k.orphaned else 'no':<8}{k.status}")
+        print(
+            f"{k.container_id[:12]:<14}{k.owner:<12}{k.kernel_id:<38}{created:<18}"
+            f"{'yes' if k.orphaned else 'no':<8}{k.status}"
+        )
     return 0
 
 
@@ -64,8 +66,10 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     names = args.names or sorted(specs)
     unknown = [n for n in names if n not in specs]
     if unknown:
-        print(f"error: no bundled kernelspec {', '.join(unknown)}; "
-              f"known: {', '.join(sorted(specs))}", file=sys.stderr)
+        print(
+            f"error: no bundled kernelspec {', '.join(unknown)}; known: {', '.join(sorted(specs))}",
+            file=sys.stderr,
+        )
         return 2
     for name in names:
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +85,9 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
                 config[key] = _setting_value(value)
             spec_file.write_text(json.dumps(spec, indent=2) + "\n")
             where = KernelSpecManager().install_kernel_spec(
-                str(staged), kernel_name=args.kernel_name or name, user=args.user,
+                str(staged),
+                kernel_name=args.kernel_name or name,
+                user=args.user,
                 prefix=sys.prefix if args.sys_prefix else args.prefix,
             )
         print(f"Installed kernelspec {args.kernel_name or name} in {where}")
@@ -103,13 +109,17 @@ def cmd_kernelspec_list(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="labnotebook", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="labnotebook",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     top.add_argument("--docker-host", help="Docker engine address (default: DOCKER_HOST)")
     groups = top.add_subparsers(dest="group", required=True)
 
     kernels = groups.add_parser("kernels", help="kernel containers").add_subparsers(
-        dest="command", required=True)
+        dest="command", required=True
+    )
     ls = kernels.add_parser("ls", help="list kernel containers (your own unless root)")
     ls.add_argument("--all-users", action="store_true", help="everyone's (needs root)")
     ls.add_argument("--json", action="store_true")
@@ -120,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
     pr.set_defaults(run=cmd_kernels_prune)
 
     specs = groups.add_parser("kernelspec", help="Docker kernelspecs").add_subparsers(
-        dest="command", required=True)
+        dest="command", required=True
+    )
     inst = specs.add_parser("install", help="install bundled kernelspecs for Jupyter")
     inst.add_argument("names", nargs="*", help="kernelspecs to install (default: all)")
     where = inst.add_mutually_exclusive_group()
@@ -129,8 +140,12 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", help="under this prefix")
     inst.add_argument("--name", dest="kernel_name", help="install under another name")
     inst.add_argument("--image", help="kernel image to use instead of the bundled default")
-    inst.add_argument("--set", action="append", metavar="TRAIT=VALUE",
-                      help="another provisioner setting, e.g. --set memory=8g (repeatable)")
+    inst.add_argument(
+        "--set",
+        action="append",
+        metavar="TRAIT=VALUE",
+        help="another provisioner setting, e.g. --set memory=8g (repeatable)",
+    )
     inst.set_defaults(run=cmd_kernelspec_install)
     lst = specs.add_parser("list", help="list bundled kernelspecs")
     lst.set_defaults(run=cmd_kernelspec_list)

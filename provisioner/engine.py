@@ -13,7 +13,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, ClassVar, TypeVar
 
 import docker
@@ -198,10 +198,8 @@ class DockerEngine:
                 # Another server may have created it at the same moment (Docker allows
                 # duplicate names): keep the oldest, remove the rest.
                 for extra in sorted(self._networks_named(name), key=lambda n: n["Created"])[1:]:
-                    try:
+                    with suppress(docker.errors.APIError):
                         self.api.remove_network(extra["Id"])
-                    except docker.errors.APIError:
-                        pass
             self._networks.add(name)
 
     def _networks_named(self, name: str) -> list[dict[str, Any]]:
@@ -423,7 +421,9 @@ class DockerEngine:
     def wait(self, container_id: str, timeout: float) -> int | None:
         """Block until the container exits (its exit code), or None after `timeout` seconds."""
         try:
-            result = self.call(self.api.wait, container_id, timeout=timeout)
+            # Not through self.call: docker-py reports a read timeout as a ConnectionError,
+            # which here means "still running", not "engine unreachable".
+            result = self.api.wait(container_id, timeout=timeout)
         except docker.errors.NotFound:
             return -1
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):

@@ -493,8 +493,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         def reap() -> None:
             try:
                 for kernel in prune(self.engine, owner_uid=owner):
-                    self.log.info("Removed orphaned kernel container %s (owner %s)",
-                                  kernel.name, kernel.owner)
+                    self.log.info(
+                        "Removed orphaned kernel container %s (owner %s)", kernel.name, kernel.owner
+                    )
             except Exception as e:  # never let housekeeping break a kernel start
                 self.log.warning("Could not prune orphaned kernel containers: %s", e)
 

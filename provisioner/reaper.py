@@ -57,10 +57,8 @@ def prune(
     owner_uid: int | None = None,
     dry_run: bool = False,
 ) -> list[KernelContainer]:
-    """Remove orphaned kernel containers (or all of them); returns what was (or would be) removed."""
-    doomed = [
-        k for k in kernel_containers(engine, owner_uid) if everything or k.orphaned
-    ]
+    """Remove orphaned kernel containers (or all); returns what was (or would be) removed."""
+    doomed = [k for k in kernel_containers(engine, owner_uid) if everything or k.orphaned]
     if not dry_run:
         for kernel in doomed:
             engine.remove(kernel.container_id)

@@ -50,12 +50,17 @@ def kernelspecs(folder: Path) -> KernelSpecManager:
         config.update(IDENTITY)
     docker_spec = {
         "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "bench", "language": "python",
-        "metadata": {"kernel_provisioner": {"provisioner_name": "labnotebook-docker",
-                                            "config": config}},
+        "display_name": "bench",
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {"provisioner_name": "labnotebook-docker", "config": config}
+        },
     }
-    local_spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                  "display_name": "local", "language": "python"}
+    local_spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "local",
+        "language": "python",
+    }
     for name, spec in (("bench-docker", docker_spec), ("bench-local", local_spec)):
         (folder / name).mkdir(parents=True)
         (folder / name / "kernel.json").write_text(json.dumps(spec))
@@ -69,6 +74,7 @@ async def ready(client: AsyncKernelClient, heartbeat: bool = True) -> None:
 
 
 # -- ours and local ----------------------------------------------------------------------------
+
 
 async def managed_start(ksm: KernelSpecManager, name: str) -> tuple[float, Any]:
     km = AsyncIOLoopKernelManager(kernel_name=name, kernel_spec_manager=ksm)
@@ -92,6 +98,7 @@ async def managed_shutdown(km: AsyncIOLoopKernelManager, sdk: docker.DockerClien
 
 # -- the floor: the Docker SDK directly ----------------------------------------------------------
 
+
 def _connection_tar(info: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -110,11 +117,21 @@ def _connection_tar(info: dict[str, Any]) -> bytes:
 
 def sdk_launch(sdk: docker.DockerClient) -> tuple[Any, dict[str, Any]]:
     ports = dict(zip(PORT_NAMES, random.sample(range(20000, 60000), 5), strict=True))
-    info = {"ip": "0.0.0.0", "transport": "tcp", "key": uuid.uuid4().hex,
-            "signature_scheme": "hmac-sha256", **ports}
+    info = {
+        "ip": "0.0.0.0",
+        "transport": "tcp",
+        "key": uuid.uuid4().hex,
+        "signature_scheme": "hmac-sha256",
+        **ports,
+    }
     container = sdk.containers.create(
-        IMAGE, ARGV, user=f"{IDENTITY['uid']}:{IDENTITY['gid']}", network=NETWORK, init=True,
-        environment={"HOME": "/tmp"}, labels={"labnotebook-bench": "1"},
+        IMAGE,
+        ARGV,
+        user=f"{IDENTITY['uid']}:{IDENTITY['gid']}",
+        network=NETWORK,
+        init=True,
+        environment={"HOME": "/tmp"},
+        labels={"labnotebook-bench": "1"},
     )
     container.put_archive("/", _connection_tar(info))
     container.start()
@@ -145,6 +162,7 @@ async def floor_shutdown(handle: tuple[Any, AsyncKernelClient]) -> float:
 
 # -- running -----------------------------------------------------------------------------------
 
+
 async def wall_time(starts: list[Callable[[], Awaitable[tuple[float, Any]]]]) -> tuple[float, list]:
     started = time.perf_counter()
     results = await asyncio.gather(*(start() for start in starts))
@@ -154,9 +172,9 @@ async def wall_time(starts: list[Callable[[], Awaitable[tuple[float, Any]]]]) ->
 async def main() -> dict[str, float]:
     sdk = docker.from_env()
     sdk.networks.create(NETWORK, driver="bridge")
-    times: dict[str, list[float]] = {k: [] for k in
-                                     ("ours", "floor", "local", "ours_stop", "floor_stop",
-                                      "local_stop")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("ours", "floor", "local", "ours_stop", "floor_stop", "local_stop")
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ksm = kernelspecs(Path(tmp))
         try:
@@ -175,17 +193,20 @@ async def main() -> dict[str, float]:
                         times["floor_stop"].append(await floor_shutdown(handle))
                     else:
                         elapsed, km = await managed_start(
-                            ksm, "bench-docker" if kind == "ours" else "bench-local")
+                            ksm, "bench-docker" if kind == "ours" else "bench-local"
+                        )
                         times[kind].append(elapsed)
                         times[f"{kind}_stop"].append(await managed_shutdown(km, sdk))
             ours_wall, kms = await wall_time(
-                [lambda: managed_start(ksm, "bench-docker")] * CONCURRENT)
+                [lambda: managed_start(ksm, "bench-docker")] * CONCURRENT
+            )
             await asyncio.gather(*(km.shutdown_kernel() for km in kms))
             floor_wall, handles = await wall_time([lambda: floor_start(sdk)] * CONCURRENT)
             await asyncio.gather(*(floor_shutdown(h) for h in handles))
         finally:
-            for container in sdk.containers.list(all=True,
-                                                 filters={"label": "labnotebook-bench=1"}):
+            for container in sdk.containers.list(
+                all=True, filters={"label": "labnotebook-bench=1"}
+            ):
                 container.remove(force=True)
             sdk.networks.get(NETWORK).remove()
 
@@ -210,7 +231,7 @@ async def main() -> dict[str, float]:
 def report(results: dict[str, float]) -> None:
     print(f"\nDocker kernel benchmark ({ROUNDS} interleaved rounds, image {IMAGE})")
     for key, value in results.items():
-        unit = "" if "ratio" in key or key.endswith("_ms") is False and "_s" not in key else ""
+        unit = "" if "ratio" in key else " s"
         print(f"  {key:<28} {value:8.3f}{unit}")
     print(json.dumps({k: round(v, 4) for k, v in results.items()}))
 

@@ -92,13 +92,16 @@ def identity() -> dict[str, Any]:
 
 
 @pytest.fixture
-def kernel_specs(tmp_path: Path, identity: dict[str, Any], docker_client: Any) -> Callable[..., str]:
+def kernel_specs(
+    tmp_path: Path, identity: dict[str, Any], docker_client: Any
+) -> Callable[..., str]:
     """Write a Docker kernelspec with the given provisioner config; returns its name."""
     root = tmp_path / "kernels"
     counter = iter(range(1000))
 
-    def make(argv: list[str] | None = None, env: dict[str, str] | None = None,
-             **config: Any) -> str:
+    def make(
+        argv: list[str] | None = None, env: dict[str, str] | None = None, **config: Any
+    ) -> str:
         name = f"docker-test-{next(counter)}"
         settings = {
             "image": KERNEL_IMAGE,
@@ -113,8 +116,9 @@ def kernel_specs(tmp_path: Path, identity: dict[str, Any], docker_client: Any) -
             "language": "python",
             "interrupt_mode": "signal",
             "env": env or {},
-            "metadata": {"kernel_provisioner": {"provisioner_name": "labnotebook-docker",
-                                                "config": settings}},
+            "metadata": {
+                "kernel_provisioner": {"provisioner_name": "labnotebook-docker", "config": settings}
+            },
         }
         folder = root / name
         folder.mkdir(parents=True)
@@ -131,8 +135,9 @@ async def start_kernel(kernel_specs: Any) -> AsyncIterator[Callable[..., Any]]:
     started: list[tuple[AsyncIOLoopKernelManager, Any]] = []
 
     async def start(name: str, **kwargs: Any) -> tuple[AsyncIOLoopKernelManager, Any]:
-        km = AsyncIOLoopKernelManager(kernel_name=name,
-                                      kernel_spec_manager=kernel_specs.spec_manager)
+        km = AsyncIOLoopKernelManager(
+            kernel_name=name, kernel_spec_manager=kernel_specs.spec_manager
+        )
         await km.start_kernel(**kwargs)
         kc = km.client()
         kc.start_channels()
@@ -160,8 +165,12 @@ async def run_code(kc: Any, code: str, timeout: float = 60) -> dict[str, Any]:
 
     reply = await kc.execute_interactive(code, output_hook=output, timeout=timeout)
     content = reply["content"]
-    return {"stdout": "".join(out), "stderr": "".join(err), "status": content["status"],
-            "ename": content.get("ename")}
+    return {
+        "stdout": "".join(out),
+        "stderr": "".join(err),
+        "status": content["status"],
+        "ename": content.get("ename"),
+    }
 
 
 def session_containers(client: docker.DockerClient) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Configuration is validated when the provisioner is created, with messages that say what to fix."""
+"""Settings are validated when the provisioner is created, with messages that say what to fix."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ async def test_missing_image_is_a_clear_error() -> None:
 async def test_root_is_refused_unless_allowed() -> None:
     with pytest.raises(PermissionError, match="Refusing to run a kernel container as root"):
         make(image="x", uid=0, username="root", home="/root").identity()
-    assert make(image="x", uid=0, username="root", home="/root", allow_root=True).identity().uid == 0
+    assert (
+        make(image="x", uid=0, username="root", home="/root", allow_root=True).identity().uid == 0
+    )
 
 
 def test_gpu_settings() -> None:
@@ -76,8 +78,12 @@ def test_gpu_settings() -> None:
 
 
 def test_passwd_and_group_merge_replace_clashes_and_keep_the_image_s_own() -> None:
-    me = KernelIdentity("alice", 1000, 1000, "/home/alice", (1000, 2000), {1000: "alice", 2000: "lab"})
-    passwd = merged_passwd("root:x:0:0:root:/root:/bin/bash\nubuntu:x:1000:1000::/home/ubuntu:/bin/sh\n", me)
+    me = KernelIdentity(
+        "alice", 1000, 1000, "/home/alice", (1000, 2000), {1000: "alice", 2000: "lab"}
+    )
+    passwd = merged_passwd(
+        "root:x:0:0:root:/root:/bin/bash\nubuntu:x:1000:1000::/home/ubuntu:/bin/sh\n", me
+    )
     assert "ubuntu" not in passwd
     assert "alice:x:1000:1000:alice:/home/alice:/bin/bash" in passwd
     assert passwd.startswith("root:")

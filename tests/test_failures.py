@@ -38,8 +38,9 @@ def nothing_left_behind(docker_client):
 
 
 async def test_engine_unreachable(kernel_specs) -> None:
-    error, _ = await failed_start(kernel_specs,
-                                  kernel_specs(docker_host="unix:///nonexistent/docker.sock"))
+    error, _ = await failed_start(
+        kernel_specs, kernel_specs(docker_host="unix:///nonexistent/docker.sock")
+    )
     assert isinstance(error, EngineUnreachable)
     assert "Cannot reach the Docker engine at unix:///nonexistent/docker.sock" in str(error)
     assert "Is Docker running" in str(error)
@@ -94,7 +95,8 @@ async def test_root_kernels_are_refused(kernel_specs) -> None:
 
 
 async def test_bad_setting_in_kernelspec(kernel_specs) -> None:
-    km = AsyncIOLoopKernelManager(kernel_name=kernel_specs(memory="-5g"),
-                                  kernel_spec_manager=kernel_specs.spec_manager)
+    km = AsyncIOLoopKernelManager(
+        kernel_name=kernel_specs(memory="-5g"), kernel_spec_manager=kernel_specs.spec_manager
+    )
     with pytest.raises(Exception, match="memory must be a positive size"):
         await km.start_kernel()

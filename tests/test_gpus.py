@@ -15,11 +15,19 @@ pytestmark = pytest.mark.docker
 
 async def created_device_requests(gpus: object) -> list | None:
     """Create (not start) the container the provisioner would, and read back its HostConfig."""
-    spec = KernelSpec(argv=["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                      display_name="t", language="python")
+    spec = KernelSpec(
+        argv=["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        display_name="t",
+        language="python",
+    )
     provisioner = DockerKernelProvisioner(
-        kernel_id=f"gpu-{SESSION}", kernel_spec=spec, image=KERNEL_IMAGE, gpus=gpus,
-        network=TEST_NETWORK, labels={SESSION_LABEL: SESSION}, **TEST_IDENTITY,
+        kernel_id=f"gpu-{SESSION}",
+        kernel_spec=spec,
+        image=KERNEL_IMAGE,
+        gpus=gpus,
+        network=TEST_NETWORK,
+        labels={SESSION_LABEL: SESSION},
+        **TEST_IDENTITY,
     )
     container_spec = (await provisioner.pre_launch())["spec"]
     engine = DockerEngine.shared()

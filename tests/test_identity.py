@@ -45,7 +45,7 @@ async def test_kernel_runs_as_the_user_with_their_home_and_groups(
     )
     os.environ["LABNOTEBOOK_TEST_SECRET"] = "server-only"
     try:
-        km, kc = await start_kernel(name, cwd=str(shared / "project"))
+        _km, kc = await start_kernel(name, cwd=str(shared / "project"))
     finally:
         del os.environ["LABNOTEBOOK_TEST_SECRET"]
     seen = await probe(kc)
@@ -65,19 +65,23 @@ async def test_kernel_runs_as_the_user_with_their_home_and_groups(
     await run_code(kc, "open('/lab/project/out.txt', 'w').write('hi')")
     assert (shared / "project" / "out.txt").stat().st_uid == identity["uid"]
     # No shared home mounted: the home is a private, writable scratch folder.
-    result = await run_code(kc, "import pathlib; pathlib.Path('~/x').expanduser().write_text('1');"
-                                "print(oct(pathlib.Path('~').expanduser().stat().st_mode))")
+    result = await run_code(
+        kc,
+        "import pathlib; pathlib.Path('~/x').expanduser().write_text('1');"
+        "print(oct(pathlib.Path('~').expanduser().stat().st_mode))",
+    )
     assert result["stdout"].strip().endswith("700")
 
 
-async def test_unmounted_notebook_folder_falls_back_to_home(kernel_specs, start_kernel,
-                                                             identity) -> None:
-    km, kc = await start_kernel(kernel_specs(), cwd="/somewhere/not/mounted")
+async def test_unmounted_notebook_folder_falls_back_to_home(
+    kernel_specs, start_kernel, identity
+) -> None:
+    _km, kc = await start_kernel(kernel_specs(), cwd="/somewhere/not/mounted")
     assert (await probe(kc))["cwd"] == identity["home"]
 
 
 async def test_kernel_cannot_gain_privileges(kernel_specs, start_kernel) -> None:
-    km, kc = await start_kernel(kernel_specs())
+    _km, kc = await start_kernel(kernel_specs())
     result = await run_code(kc, "print(open('/proc/self/status').read())")
     status = dict(line.split(":\t", 1) for line in result["stdout"].splitlines() if ":\t" in line)
     assert status["NoNewPrivs"].strip() == "1"

@@ -14,12 +14,14 @@ pytestmark = pytest.mark.docker
 
 
 def kernel_containers(docker_client, km) -> list:
-    return [c for c in session_containers(docker_client)
-            if c.labels.get(L.KERNEL_ID) == km.kernel_id]
+    return [
+        c for c in session_containers(docker_client) if c.labels.get(L.KERNEL_ID) == km.kernel_id
+    ]
 
 
-async def test_start_run_and_shutdown_removes_the_container(kernel_specs, start_kernel,
-                                                           docker_client) -> None:
+async def test_start_run_and_shutdown_removes_the_container(
+    kernel_specs, start_kernel, docker_client
+) -> None:
     km, kc = await start_kernel(kernel_specs())
     result = await run_code(kc, "import numpy, scipy, pandas, matplotlib; print(6 * 7)")
     assert result["stdout"].strip() == "42"
@@ -46,8 +48,9 @@ async def test_interrupt_stops_a_running_cell(kernel_specs, start_kernel) -> Non
     assert (await run_code(kc, "print('still alive')"))["stdout"].strip() == "still alive"
 
 
-async def test_restart_gives_a_fresh_container_for_the_same_kernel(kernel_specs, start_kernel,
-                                                                  docker_client) -> None:
+async def test_restart_gives_a_fresh_container_for_the_same_kernel(
+    kernel_specs, start_kernel, docker_client
+) -> None:
     km, kc = await start_kernel(kernel_specs())
     await run_code(kc, "x = 1")
     [before] = kernel_containers(docker_client, km)
@@ -70,8 +73,9 @@ async def test_kill_removes_the_container(kernel_specs, start_kernel, docker_cli
     assert kernel_containers(docker_client, km) == []
 
 
-async def test_kernel_killed_from_outside_is_restarted(kernel_specs, start_kernel,
-                                                      docker_client) -> None:
+async def test_kernel_killed_from_outside_is_restarted(
+    kernel_specs, start_kernel, docker_client
+) -> None:
     km, kc = await start_kernel(kernel_specs())
     [before] = kernel_containers(docker_client, km)
     old_ports = list(km.ports)

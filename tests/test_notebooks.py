@@ -21,7 +21,8 @@ async def test_notebook_runs_with_nbclient(kernel_specs, docker_client) -> None:
         nbformat.v4.new_code_cell("import numpy as np, pandas as pd\nx = np.arange(10)"),
         nbformat.v4.new_code_cell("df = pd.DataFrame({'x': x, 'y': x ** 2})\nprint(df.y.sum())"),
         nbformat.v4.new_code_cell(
-            "import matplotlib.pyplot as plt\nplt.plot(df.x, df.y)\nplt.show()"),
+            "import matplotlib.pyplot as plt\nplt.plot(df.x, df.y)\nplt.show()"
+        ),
     ]
     km = AsyncIOLoopKernelManager(kernel_name=name, kernel_spec_manager=kernel_specs.spec_manager)
     client = NotebookClient(nb, km=km, kernel_name=name, timeout=120)
@@ -32,13 +33,13 @@ async def test_notebook_runs_with_nbclient(kernel_specs, docker_client) -> None:
     assert session_containers(docker_client) == []
 
 
-async def test_eight_kernels_start_concurrently(kernel_specs, start_kernel,
-                                                docker_client) -> None:
+async def test_eight_kernels_start_concurrently(kernel_specs, start_kernel, docker_client) -> None:
     network = f"{TEST_NETWORK}-eight"  # absent: all eight race to create it
     name = kernel_specs(network=network)
     kernels = await asyncio.gather(*(start_kernel(name) for _ in range(8)))
-    results = await asyncio.gather(*(run_code(kc, "import os; print(os.uname().nodename)")
-                                     for _, kc in kernels))
+    results = await asyncio.gather(
+        *(run_code(kc, "import os; print(os.uname().nodename)") for _, kc in kernels)
+    )
     hostnames = {r["stdout"].strip() for r in results}
     assert len(hostnames) == 8  # eight separate containers
     assert len({km.ip for km, _ in kernels}) == 8

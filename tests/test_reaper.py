@@ -24,7 +24,9 @@ def start_server(kernel_specs, name: str) -> tuple[subprocess.Popen, dict]:
     folder = kernel_specs.spec_manager.kernel_dirs[0]
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.servers.kernel_server", folder, name, "--hold"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = server.stdout.readline()
     assert line, "the server process did not start its kernel"
@@ -36,8 +38,12 @@ def containers_of(docker_client, kernel_id: str) -> list:
 
 
 def labnotebook(*args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "labnotebook.provisioner.cli", *args],
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "labnotebook.provisioner.cli", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def test_prune_removes_only_kernels_whose_server_is_gone(kernel_specs, docker_client) -> None:
@@ -73,8 +79,12 @@ def test_next_server_reaps_orphans_automatically(kernel_specs, docker_client) ->
     assert containers_of(docker_client, orphan["kernel_id"])
     # Another server starts a kernel; in the background it removes the orphan.
     folder = kernel_specs.spec_manager.kernel_dirs[0]
-    subprocess.run([sys.executable, "-m", "tests.servers.kernel_server", folder, name],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "tests.servers.kernel_server", folder, name],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     for _ in range(50):
         if not containers_of(docker_client, orphan["kernel_id"]):
             break

@@ -27,6 +27,7 @@ def server_files(kernel_spec: dict) -> bytes:
     """/srv with labnotebook, the Docker SDK, the test server and one kernelspec."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
+
         def add_text(path: str, text: str) -> None:
             data = text.encode()
             info = tarfile.TarInfo(path)
@@ -38,11 +39,15 @@ def server_files(kernel_spec: dict) -> bytes:
             folder = Path(importlib.import_module(package).__file__).parent
             tar.add(folder, f"{site}/{package}", filter=_no_cache)
         tar.add(ROOT / "provisioner", f"{site}/labnotebook/provisioner", filter=_no_cache)
-        add_text(f"{site}/labnotebook-0.0.dist-info/METADATA",
-                 "Metadata-Version: 2.1\nName: labnotebook\nVersion: 0.0\n")
-        add_text(f"{site}/labnotebook-0.0.dist-info/entry_points.txt",
-                 "[jupyter_client.kernel_provisioners]\n"
-                 "labnotebook-docker = labnotebook.provisioner:DockerKernelProvisioner\n")
+        add_text(
+            f"{site}/labnotebook-0.0.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: labnotebook\nVersion: 0.0\n",
+        )
+        add_text(
+            f"{site}/labnotebook-0.0.dist-info/entry_points.txt",
+            "[jupyter_client.kernel_provisioners]\n"
+            "labnotebook-docker = labnotebook.provisioner:DockerKernelProvisioner\n",
+        )
         tar.add(ROOT / "tests" / "servers", "srv/tests/servers", filter=_no_cache)
         add_text("srv/tests/__init__.py", "")
         add_text("srv/kernels/docker-in-docker/kernel.json", json.dumps(kernel_spec))
@@ -56,17 +61,34 @@ def _no_cache(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 def test_server_in_a_container_runs_sibling_kernels(docker_client) -> None:
     kernel_spec = {
         "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "DooD", "language": "python",
-        "metadata": {"kernel_provisioner": {"provisioner_name": "labnotebook-docker", "config": {
-            "image": KERNEL_IMAGE, "network": TEST_NETWORK,
-            "labels": {SESSION_LABEL: SESSION}, **TEST_IDENTITY}}},
+        "display_name": "DooD",
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "labnotebook-docker",
+                "config": {
+                    "image": KERNEL_IMAGE,
+                    "network": TEST_NETWORK,
+                    "labels": {SESSION_LABEL: SESSION},
+                    **TEST_IDENTITY,
+                },
+            }
+        },
     }
     docker_client.networks.get(TEST_NETWORK) if docker_client.networks.list(
-        names=[TEST_NETWORK]) else docker_client.networks.create(TEST_NETWORK, driver="bridge")
+        names=[TEST_NETWORK]
+    ) else docker_client.networks.create(TEST_NETWORK, driver="bridge")
     server = docker_client.containers.create(
         KERNEL_IMAGE,
-        ["python3", "-m", "tests.servers.kernel_server", "/srv/kernels", "docker-in-docker",
-         "--code", "import os, socket; print(os.getuid(), socket.gethostname())"],
+        [
+            "python3",
+            "-m",
+            "tests.servers.kernel_server",
+            "/srv/kernels",
+            "docker-in-docker",
+            "--code",
+            "import os, socket; print(os.getuid(), socket.gethostname())",
+        ],
         working_dir="/srv",
         environment={"PYTHONPATH": "/srv/site"},
         volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}},
