@@ -8,6 +8,10 @@ with the runs interleaved:
 * local  - a plain local ipykernel process (jupyter_client's LocalProvisioner);
 * ours   - DockerKernelProvisioner through jupyter_client's kernel manager.
 
+Then, for the lab hub: what the kernel broker adds per launch against DockerEngine.launch
+directly (tests/bench_broker.py), and login -> server ready on a throwaway hub
+(tests/hub/bench_hub.py). `python -m tests.bench [kernels] [broker] [hub]` runs a part.
+
 Start = start_kernel() -> first kernel_info reply. Shutdown = shutdown_kernel() -> container
 gone (process gone, for local). Concurrent = wall time until 8 kernels started together are
 all ready, ours against the same 8 done concurrently with the SDK.
@@ -229,12 +233,42 @@ async def main() -> dict[str, float]:
 
 
 def report(results: dict[str, float]) -> None:
-    print(f"\nDocker kernel benchmark ({ROUNDS} interleaved rounds, image {IMAGE})")
+    print(f"\nlabnotebook benchmark ({ROUNDS} interleaved rounds, image {IMAGE})")
     for key, value in results.items():
-        unit = "" if "ratio" in key else " s"
+        unit = "" if "ratio" in key else " ms" if key.endswith("_ms") else " s"
         print(f"  {key:<28} {value:8.3f}{unit}")
     print(json.dumps({k: round(v, 4) for k, v in results.items()}))
 
 
+def broker_figures() -> dict[str, float]:
+    """What the lab's kernel broker adds per launch (needs root: it runs the broker)."""
+    from .bench_broker import measure
+
+    figures = measure(ROUNDS)
+    return {
+        f"broker_{k}" if not k.startswith("broker") else k: float(v)
+        for k, v in figures.items()
+        if isinstance(v, int | float) and k != "n"
+    }
+
+
+def hub_figures() -> dict[str, float]:
+    """Login to server ready, on a throwaway hub started with `make up`."""
+    from .hub.bench_hub import measure
+
+    return measure(max(3, ROUNDS // 2))
+
+
 if __name__ == "__main__":
-    report(asyncio.run(main()))
+    parts = sys.argv[1:] or ["kernels", "broker", "hub"]
+    results: dict[str, float] = {}
+    if "kernels" in parts:
+        results.update(asyncio.run(main()))
+    if "broker" in parts:
+        if os.geteuid() == 0:
+            results.update(broker_figures())
+        else:
+            print("(broker figures skipped: they need root, which runs the broker)")
+    if "hub" in parts:
+        results.update(hub_figures())
+    report(results)
