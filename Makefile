@@ -8,19 +8,22 @@ HUB_IMAGE ?= labnotebook/hub:latest
 EXTRA_CA_CERT ?=
 export EXTRA_CA_CERT
 
+.DEFAULT_GOAL := help
 include hub/hub.mk
 
 .PHONY: help install images base-image kernel-image kernelspec test test-fast lint bench clean-kernels
 
 help:
-	@echo "make up          start the lab hub (builds missing images)"
+	@echo "make up          start the lab hub (builds missing images); make down, logs,"
+	@echo "                 backup, restore BACKUP=..., upgrade: see README"
 	@echo "make test        run the test suite against the real Docker engine"
 	@echo "make images      build the base, kernel and hub images"
 	@echo "make kernelspec  install the Docker Python kernelspec for this user"
-	@echo "make bench       measure kernel start/shutdown against the Docker SDK floor"
+	@echo "make bench       kernel start/shutdown vs the Docker SDK floor, broker and hub figures"
+	@echo "make lint        ruff"
 
 install:
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,hub]'
 
 base-image:
 	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || images/base/build.sh $(BASE_IMAGE)
@@ -28,7 +31,7 @@ base-image:
 kernel-image: base-image
 	images/build.sh kernel-python $(KERNEL_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
 
-images: kernel-image
+images: kernel-image hub-image
 
 # Build only what is missing (used by `make test` and `make up`).
 images-if-missing: base-image
