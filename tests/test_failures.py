@@ -100,3 +100,11 @@ async def test_bad_setting_in_kernelspec(kernel_specs) -> None:
     )
     with pytest.raises(Exception, match="memory must be a positive size"):
         await km.start_kernel()
+
+
+async def test_pull_policy_pulls_only_when_asked_and_says_why_a_pull_failed(kernel_specs) -> None:
+    name = kernel_specs(image="labnotebook/no-such:1.0", image_pull_policy="if-not-present")
+    error, _ = await failed_start(kernel_specs, name)
+    assert isinstance(error, ImageNotAvailable)
+    assert "Pulling the kernel image 'labnotebook/no-such:1.0' failed" in str(error)
+    assert "make images" in str(error)
