@@ -53,6 +53,7 @@ from .spec import (
     PORT_NAMES,
     ContainerState,
     KernelContainerSpec,
+    KernelEngine,
     LaunchedContainer,
 )
 
@@ -315,13 +316,13 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     container_id: str | None = None
     container_name: str | None = None
-    _engine: Any = None
+    _engine: KernelEngine | None = None
     _shutting_down = False
     _exit_reported = False
     _cwd: str | None = None
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> KernelEngine:
         """The engine that carries out launches: the Docker SDK, or the lab's kernel broker."""
         if self._engine is None:
             if self.broker_socket:

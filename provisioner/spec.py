@@ -8,7 +8,7 @@ plain data that round-trips through JSON, so the broker can check every field be
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .gpus import GpuRequest
 from .identity import KernelIdentity
@@ -88,3 +88,33 @@ class ContainerState:
     exit_code: int | None
     oom_killed: bool = False
     error: str = ""
+
+
+class KernelEngine(Protocol):
+    """What carries out specs: `engine.DockerEngine` (the Docker SDK, for a single user with
+    Docker access) or `broker_client.BrokerEngine` (the lab hub's root-owned broker). The
+    methods block; the provisioner calls them from a thread pool."""
+
+    def where(self) -> str:
+        """Where the engine is, for messages."""
+
+    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
+        """Create, prepare and start the container; on failure leave nothing and raise."""
+
+    def state(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None once it is gone."""
+
+    def signal(self, container_id: str, signum: int) -> None:
+        """Deliver a signal to the container's init, which forwards it to the kernel."""
+
+    def remove(self, container_id: str) -> None:
+        """Remove the container, running or not; a missing one is fine."""
+
+    def logs(self, container_id: str, tail: int = 20) -> str:
+        """The container's last output lines."""
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        """The exit code once the container exits, or None after `timeout` seconds."""
+
+    def kernel_containers(self, owner_uid: int | None = None) -> list[dict[str, Any]]:
+        """Kernel containers (the engine's listing entries), optionally of one owner."""
