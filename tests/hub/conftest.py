@@ -9,6 +9,7 @@ backups - is removed at the end, also when a test fails.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import uuid
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .hubclient import HubUser
+from .hubclient import HubUser, Reply
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = uuid.uuid4().hex[:8]
@@ -27,6 +28,8 @@ PASSWORDS = {
     "alice": "wombat-lantern-73",
     "bob": "quokka-saddle-58",
     "carol": "marmot-ladder-64",
+    "dave": "puffin-harbor-27",
+    "erin": "heron-cobalt-35",
 }
 
 
@@ -56,6 +59,7 @@ class Lab:
     backup_dir: Path
     certificate: Path | None = None
     """The operator's certificate given to `make up SSL_CERT=...`; None: the generated one."""
+    up_output: str = ""
 
     @property
     def url(self) -> str:
@@ -125,8 +129,7 @@ def backup_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lab(lab_image: str, backup_dir: Path) -> Iterator[Lab]:
     hub = Lab(f"labnotebook-test-{SESSION}", free_port(), lab_image, backup_dir)
     try:
-        up = hub.make("up")
-        assert "setup token" in up.stdout, up.stdout
+        hub.up_output = hub.make("up").stdout
         yield hub
     finally:
         if os.environ.get("LABNOTEBOOK_KEEP_HUB") != "1":
@@ -152,14 +155,38 @@ def _signed_up_and_approved(lab: Lab, name: str, admin: HubUser) -> HubUser:
     return person
 
 
+@dataclass
+class Bootstrap:
+    """How the admin's sign-up went: the token `make up` printed, and the replies."""
+
+    token: str
+    without_token: Reply
+    wrong_token: Reply
+    with_token: Reply
+
+
 @pytest.fixture(scope="session")
-def admin(lab: Lab) -> HubUser:
-    """The lab's admin, signed up with the setup token and logged in."""
+def bootstrap(lab: Lab) -> Bootstrap:
+    """The admin claims the hub, after two attempts without the right setup token.
+
+    Whichever test needs the admin first triggers this, so the claim is always made on a
+    fresh hub, and test_admin_signup_needs_the_setup_token checks what happened.
+    """
+    match = re.search(r"setup token:\s+(\S+)", lab.up_output)
+    assert match, lab.up_output
     person = lab.user("admin")
-    token = lab.exec("cat", "/srv/state/admin-setup-token", check=False).stdout.strip()
-    if token:
-        reply = person.signup(token=token)
-        assert reply.alert == "alert-success", reply
+    without = person.signup()
+    wrong = person.signup(token="not-the-token")
+    assert person.login().status != 302
+    right = person.signup(token=match.group(1))
+    return Bootstrap(match.group(1), without, wrong, right)
+
+
+@pytest.fixture(scope="session")
+def admin(lab: Lab, bootstrap: Bootstrap) -> HubUser:
+    """The lab's admin, signed up with the setup token and logged in."""
+    assert bootstrap.with_token.alert == "alert-success", bootstrap.with_token
+    person = lab.user("admin")
     reply = person.login()
     assert reply.status == 302, reply
     return person

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import PASSWORDS, Lab, run
+from .conftest import PASSWORDS, Bootstrap, Lab, run
 from .hubclient import HubUser
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.timeout(600)]
@@ -74,25 +74,19 @@ def uid_of(lab: Lab, name: str) -> int:
 # -- sign-up and the admin bootstrap ----------------------------------------------------------
 
 
-def test_admin_signup_needs_the_setup_token(lab: Lab) -> None:
-    token = lab.exec("cat", "/srv/state/admin-setup-token").stdout.strip()
-    assert len(token) >= 20
+def test_admin_signup_needs_the_setup_token(lab: Lab, bootstrap: Bootstrap) -> None:
+    assert len(bootstrap.token) >= 20
     logs = lab.make("logs", FOLLOW="no")
-    assert token in logs.stdout + logs.stderr, "the setup token is not in the hub's log"
-
-    claimer = lab.user("admin")
-    for attempt in ("", "not-the-token"):
-        reply = claimer.signup(token=attempt)
-        assert reply.status == 400
-        assert "needs the setup token" in reply.message
-    assert claimer.login().status != 302
-
-    reply = claimer.signup(token=token)
-    assert reply.alert == "alert-success", reply
+    assert bootstrap.token in logs.stdout + logs.stderr, "the setup token is not in the hub's log"
+    for refused in (bootstrap.without_token, bootstrap.wrong_token):
+        assert refused.status == 400
+        assert "needs the setup token" in refused.message
+    assert bootstrap.with_token.alert == "alert-success", bootstrap.with_token
     # One-time: the token is gone, and nobody can sign up as admin again.
     assert lab.exec("test", "-e", "/srv/state/admin-setup-token", check=False).returncode == 1
-    assert "taken" in lab.user("admin").signup(token=token).message
-    assert claimer.login().status == 302
+    again = lab.user("admin").signup(token=bootstrap.token)
+    assert again.status == 400 and "taken" in again.message
+    assert lab.user("admin").login().status == 302
 
 
 @pytest.mark.parametrize(
@@ -146,13 +140,13 @@ def test_people_wait_for_approval(lab: Lab, admin: HubUser) -> None:
 
 
 def test_approval_links_only_work_from_the_hub(lab: Lab, admin: HubUser) -> None:
-    lab.user("carol").signup()
+    lab.user("erin").signup()
     admin.login()
     forged = admin.session.get(
-        lab.url + "hub/authorize/carol", headers={"Sec-Fetch-Site": "cross-site"}, timeout=30
+        lab.url + "hub/authorize/erin", headers={"Sec-Fetch-Site": "cross-site"}, timeout=30
     )
     assert forged.status_code == 403
-    assert "has not been authorized" in lab.user("carol").login().message
+    assert "has not been authorized" in lab.user("erin").login().message
 
 
 def test_login_messages(lab: Lab, admin: HubUser) -> None:
@@ -170,12 +164,12 @@ def test_login_messages(lab: Lab, admin: HubUser) -> None:
     )
     assert expired.status_code == 403 and "Login form invalid or expired" in expired.text
 
-    carol = lab.user("carol")
-    carol.signup()
+    erin = lab.user("erin")
+    erin.signup()
     for _ in range(5):
-        assert carol.login(password="not-carols-password").status != 302
-    locked = carol.login()  # even the right password, while locked
-    assert locked.status == 403 and "Too many failed logins for 'carol'" in locked.message
+        assert erin.login(password="not-erins-password").status != 302
+    locked = erin.login()  # even the right password, while locked
+    assert locked.status == 403 and "Too many failed logins for 'erin'" in locked.message
 
 
 # -- working in the lab ----------------------------------------------------------------------
@@ -295,6 +289,24 @@ def test_promoted_admins_get_admin_rights_at_their_next_login(lab: Lab, admin, b
     lab.exec("touch", "/home/shared/readonly/from-bob.txt", user="bob")
     registry = json.loads(lab.exec("cat", "/srv/state/users.json").stdout)
     assert registry["users"]["bob"]["admin"] is True
+
+
+def test_deleted_users_lose_their_account_but_keep_home_and_uid(lab: Lab, admin) -> None:
+    dave = lab.user("dave")
+    assert dave.signup().alert == "alert-info"
+    admin.login()
+    admin.approve("dave")
+    assert dave.login().status == 302
+    uid = uid_of(lab, "dave")
+    reply = admin.hub_api("DELETE", "users/dave")
+    assert reply.status_code == 204, reply.text
+    assert lab.exec("id", "dave", check=False).returncode != 0
+    assert lab.exec("stat", "-c", "%u", "/home/dave").stdout.strip() == str(uid)
+    # Signing up again under the same name gives the same UID back, so the files follow.
+    assert dave.signup().alert == "alert-info"
+    admin.approve("dave")
+    assert uid_of(lab, "dave") == uid
+    assert dave.login().status == 302
 
 
 def test_idle_culling_is_configured(lab: Lab) -> None:
