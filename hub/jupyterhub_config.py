@@ -4,7 +4,7 @@
 import sys
 
 from labnotebook.hub import authenticator, tls
-from labnotebook.hub.settings import HUB_OVERRIDES, STATE_DIR, LabSettings
+from labnotebook.hub.settings import HUB_OVERRIDES, PROXY_PID_FILE, STATE_DIR, LabSettings
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 lab = LabSettings.from_env()
@@ -18,6 +18,7 @@ if not lab.plain_http:
     c.JupyterHub.ssl_key = str(cert.key)
 c.JupyterHub.db_url = f"sqlite:///{STATE_DIR}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(STATE_DIR / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.pid_file = str(PROXY_PID_FILE)
 # Users' servers are processes of this container: a new container cannot adopt them.
 c.JupyterHub.cleanup_servers = True
 

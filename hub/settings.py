@@ -28,6 +28,9 @@ ENGINE_SOCKET = Path("/srv/engine/docker.sock")
 reach it whatever group owns the socket on the host. Only the broker uses it."""
 
 BROKER_SOCKET = Path("/run/labnotebook/broker.sock")
+PROXY_PID_FILE = Path("/run/labnotebook/jupyterhub-proxy.pid")
+"""Not on the state volume: a PID from an earlier container means nothing in this one, and
+JupyterHub kills whatever process has the PID it finds there."""
 BROKER_CONFIG = Path("/etc/labnotebook/broker_config.py")
 BROKER_OVERRIDES = STATE_DIR / "broker_config.py"
 """Optional admin additions to the broker policy (e.g. more images or data mounts)."""

@@ -32,6 +32,7 @@ from .settings import (
     ENGINE_SOCKET,
     FIRST_UID,
     KERNELSPEC_DIR,
+    PROXY_PID_FILE,
     STATE_DIR,
     LabSettings,
 )
@@ -64,6 +65,10 @@ def lock_down() -> None:
     BROKER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
     os.chown(BROKER_SOCKET.parent, 0, 0)
     os.chmod(BROKER_SOCKET.parent, 0o755)
+    # No proxy runs yet: a PID file left by the previous run (`docker restart` keeps /run)
+    # names some other process now, which JupyterHub would kill.
+    for stale in (PROXY_PID_FILE, STATE_DIR / "jupyterhub-proxy.pid"):
+        stale.unlink(missing_ok=True)
 
 
 def write_sudoers(nopasswd: bool) -> None:

@@ -12,12 +12,14 @@ import os
 import re
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from .hubclient import HubUser, Reply
 
@@ -86,6 +88,21 @@ class Lab:
     ) -> subprocess.CompletedProcess[str]:
         flags = ["-i"] if stdin is not None else []
         return run("docker", "exec", *flags, "-u", user, self.name, *argv, input=stdin, check=check)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until the hub answers /hub/health (after a restart)."""
+        deadline = time.monotonic() + timeout
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(self.ca_file())
+        while time.monotonic() < deadline:
+            try:
+                if session.get(self.url + "hub/health", timeout=5).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name} did not come back within {timeout:.0f}s")
 
     def ca_file(self) -> Path:
         """The certificate to trust: the operator's, or the one the hub generated."""

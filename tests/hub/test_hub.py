@@ -321,6 +321,18 @@ def test_idle_culling_is_configured(lab: Lab) -> None:
 # -- upgrades and backups ---------------------------------------------------------------------
 
 
+def test_a_restarted_hub_comes_back(lab: Lab, alice: HubUser) -> None:
+    # `docker restart` keeps the container's own files (/etc, /run): nothing stale may break
+    # the start, e.g. the proxy's PID file naming some other process by now.
+    run("docker", "restart", "--time", "30", lab.name)
+    lab.wait_ready()
+    again = lab.user("alice")
+    assert again.login().status == 302
+    again.start_server()
+    assert uid_of(lab, "alice") >= 2000
+    assert "broker" in lab.exec("ps", "-o", "args=", "-C", "python3").stdout
+
+
 def _fingerprint(lab: Lab) -> dict[str, object]:
     files = [
         "/home/alice/from-kernel.txt",
