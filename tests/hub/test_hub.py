@@ -210,6 +210,24 @@ def test_alice_works_in_a_docker_kernel(lab: Lab, admin: HubUser, alice: HubUser
     lab.exec("sh", "-c", "echo 'bob was here' >> /home/shared/from-alice.txt", user="bob")
 
 
+def test_stopping_a_server_removes_its_kernel_containers(lab: Lab, alice: HubUser) -> None:
+    alice.start_server()
+    alice.start_kernel()
+    assert _kernel_containers(lab, "alice")
+    alice.stop_server()
+    deadline = time.monotonic() + 90  # the broker also reaps orphans every 60 s
+    while _kernel_containers(lab, "alice") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _kernel_containers(lab, "alice")
+
+
+def _kernel_containers(lab: Lab, owner: str) -> list[str]:
+    return run(
+        "docker", "ps", "-aq", "--filter", f"network={lab.name}",
+        "--filter", f"label=org.labnotebook.owner={owner}",
+    ).stdout.split()  # fmt: skip
+
+
 def test_shared_notebooks_and_checkpoints_stay_lab_writable(lab: Lab, alice: HubUser, bob):
     alice.start_server()
     notebook = {
