@@ -3,7 +3,8 @@
 JupyterHub's LocalProcessSpawner does the work (setuid, groups, environment); this subclass
 makes sure the user's account exists first - with their current admin flag, so a user
 promoted in the admin panel gets sudo and write access to /home/shared/readonly at their next
-server start - and starts the server in the user's home.
+server start - starts the server in the user's home, and stops it so that it shuts its
+kernels down.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from traitlets import Bool
+from traitlets import Bool, default
 
 from . import users
 
@@ -36,3 +37,14 @@ class LabSpawner(LocalProcessSpawner):
         # The hub's own working directory (the state volume) is root-only.
         self.popen_kwargs = {**self.popen_kwargs, "cwd": str(users.home_of(member.name))}
         return await super().start()
+
+    @default("term_timeout")
+    def _term_timeout_default(self) -> int:
+        # Time for the server to shut its kernels down (their containers, via the broker).
+        return 20
+
+    async def stop(self, now: bool = False) -> None:
+        # LocalProcessSpawner interrupts first (SIGINT). Without a terminal, jupyter_server
+        # takes that as a KeyboardInterrupt and exits at once, leaving its kernels' containers
+        # behind for the broker's reaper. On SIGTERM it shuts every kernel down first.
+        await super().stop(now=True)
