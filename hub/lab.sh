@@ -144,6 +144,8 @@ cmd_logs() {
 }
 
 cmd_backup() {
+    # The archive holds password hashes, the cookie secret and the TLS key: owner-only.
+    umask 077
     mkdir -p "$BACKUP_DIR"
     local file
     file="$BACKUP_DIR/$LAB-$(date -u +%Y%m%d-%H%M%S).tar.gz"

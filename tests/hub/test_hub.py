@@ -406,6 +406,7 @@ def test_backup_and_restore_onto_fresh_volumes(
     out = lab.make("backup").stdout
     archives = sorted(lab.backup_dir.glob(f"{lab.name}-*.tar.gz"))
     assert archives, out
+    assert archives[-1].stat().st_mode & 0o077 == 0, "backups hold secrets: owner-only"
     print(f"make backup took {time.monotonic() - started:.1f} s: {archives[-1].stat().st_size} B")
 
     second_lab.make("restore", BACKUP=str(archives[-1]))
