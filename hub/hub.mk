@@ -16,8 +16,11 @@ SSL_KEY ?=
 PLAIN_HTTP ?=
 BACKUP_DIR ?= backups
 BACKUP ?=
+# make logs: how many lines of the past ("all" for everything), and whether to follow.
+TAIL ?= 200
+FOLLOW ?= yes
 export LAB PORT BIND NETWORK HOMES_VOLUME STATE_VOLUME SSL_CERT SSL_KEY PLAIN_HTTP
-export BACKUP_DIR BACKUP HUB_IMAGE KERNEL_IMAGE
+export BACKUP_DIR BACKUP HUB_IMAGE KERNEL_IMAGE TAIL FOLLOW
 
 .PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
 

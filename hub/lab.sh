@@ -139,8 +139,9 @@ cmd_down() {
 }
 
 cmd_logs() {
-    if yes_flag "${FOLLOW:-yes}"; then docker logs --tail 200 --follow "$LAB"
-    else docker logs --tail 200 "$LAB"; fi
+    local args=(--tail "${TAIL:-200}")
+    yes_flag "${FOLLOW:-yes}" && args+=(--follow)
+    docker logs "${args[@]}" "$LAB"
 }
 
 cmd_backup() {

@@ -76,7 +76,7 @@ def uid_of(lab: Lab, name: str) -> int:
 
 def test_admin_signup_needs_the_setup_token(lab: Lab, bootstrap: Bootstrap) -> None:
     assert len(bootstrap.token) >= 20
-    logs = lab.make("logs", FOLLOW="no")
+    logs = lab.make("logs", FOLLOW="no", TAIL="all")
     assert bootstrap.token in logs.stdout + logs.stderr, "the setup token is not in the hub's log"
     for refused in (bootstrap.without_token, bootstrap.wrong_token):
         assert refused.status == 400
