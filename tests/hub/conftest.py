@@ -3,7 +3,9 @@
 The hub runs from a test tag of the hub image built from this work tree, on its own
 network and volumes (`labnotebook-test-<session>-*`), published on 127.0.0.1 only. Everything
 it creates - containers (the hub's and its kernels'), volumes, networks, the image tag,
-backups - is removed at the end, also when a test fails.
+backups - is removed at the end, also when a test fails. LABNOTEBOOK_KEEP_HUB=1 keeps the
+first hub (and its image) for a look: `make down LAB=...`, then remove its volumes, network
+and image by hand.
 """
 
 from __future__ import annotations
@@ -134,7 +136,8 @@ class Lab:
 def lab_image() -> Iterator[str]:
     image = f"labnotebook/hub:test-{SESSION}"
     yield image
-    run("docker", "image", "rm", "-f", image, check=False)
+    if os.environ.get("LABNOTEBOOK_KEEP_HUB") != "1":
+        run("docker", "image", "rm", "-f", image, check=False)
 
 
 @pytest.fixture(scope="session")
