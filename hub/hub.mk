@@ -19,8 +19,14 @@ BACKUP ?=
 # make logs: how many lines of the past ("all" for everything), and whether to follow.
 TAIL ?= 200
 FOLLOW ?= yes
-export LAB PORT BIND NETWORK HOMES_VOLUME STATE_VOLUME SSL_CERT SSL_KEY PLAIN_HTTP
-export BACKUP_DIR BACKUP HUB_IMAGE KERNEL_IMAGE TAIL FOLLOW
+# Passed to hub/lab.sh per command, not exported: an exported default would reach every
+# process `make` starts (`make test` too), and a nested `make up LAB=x` would then inherit
+# HOMES_VOLUME=labnotebook-homedirs from its parent instead of deriving its own.
+LAB_ENV = LAB="$(LAB)" PORT="$(PORT)" BIND="$(BIND)" NETWORK="$(NETWORK)" \
+	HOMES_VOLUME="$(HOMES_VOLUME)" STATE_VOLUME="$(STATE_VOLUME)" SSL_CERT="$(SSL_CERT)" \
+	SSL_KEY="$(SSL_KEY)" PLAIN_HTTP="$(PLAIN_HTTP)" BACKUP_DIR="$(BACKUP_DIR)" \
+	BACKUP="$(BACKUP)" HUB_IMAGE="$(HUB_IMAGE)" KERNEL_IMAGE="$(KERNEL_IMAGE)" \
+	TAIL="$(TAIL)" FOLLOW="$(FOLLOW)"
 
 .PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
 
@@ -31,19 +37,19 @@ hub-image-if-missing: base-image
 	@docker image inspect $(HUB_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory hub-image
 
 up: images-if-missing hub-image-if-missing
-	@hub/lab.sh up
+	@$(LAB_ENV) hub/lab.sh up
 
 down:
-	@hub/lab.sh down
+	@$(LAB_ENV) hub/lab.sh down
 
 logs:
-	@hub/lab.sh logs
+	@$(LAB_ENV) hub/lab.sh logs
 
 backup:
-	@hub/lab.sh backup
+	@$(LAB_ENV) hub/lab.sh backup
 
 restore: hub-image-if-missing
-	@hub/lab.sh restore
+	@$(LAB_ENV) hub/lab.sh restore
 
 upgrade: images-if-missing hub-image
-	@hub/lab.sh upgrade
+	@$(LAB_ENV) hub/lab.sh upgrade
