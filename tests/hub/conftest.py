@@ -71,8 +71,13 @@ class Lab:
 
     @property
     def settings(self) -> dict[str, str]:
+        # Every name spelled out: a HOMES_VOLUME or NETWORK in the environment (an operator's
+        # shell, a parent make) must never point a test hub at the lab's own volumes.
         return {
             "LAB": self.name,
+            "NETWORK": self.name,
+            "HOMES_VOLUME": f"{self.name}-homedirs",
+            "STATE_VOLUME": f"{self.name}-state",
             "PORT": str(self.port),
             "BIND": "127.0.0.1",
             "HUB_IMAGE": self.image,
