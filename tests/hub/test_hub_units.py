@@ -85,6 +85,8 @@ def test_setup_token_is_one_time(tmp_path: Path) -> None:
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOMES_VOLUME", "NETWORK", "KERNEL_IMAGE", "SERVER_IDLE_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LAB", "lab2")
     monkeypatch.setenv("PLAIN_HTTP", "yes")
     monkeypatch.setenv("KERNEL_IDLE_TIMEOUT", "60")
