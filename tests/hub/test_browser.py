@@ -50,6 +50,9 @@ def test_researcher_runs_a_cell_on_the_docker_kernel_in_jupyterlab(lab: Lab, adm
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(120_000)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("requestfailed", lambda r: console.append(f"failed: {r.url} {r.failure}"))
     try:
         page.goto(lab.url + "hub/login")
         page.fill("input[name=username]", carol.name)
@@ -60,7 +63,9 @@ def test_researcher_runs_a_cell_on_the_docker_kernel_in_jupyterlab(lab: Lab, adm
         card = page.locator('.jp-LauncherCard[data-category="Notebook"][title*="Docker"]')
         card.first.click()
         page.wait_for_selector(".jp-Notebook .jp-Cell")
-        # JupyterLab queues the cell until the Docker kernel is ready.
+        # A cell run before the kernel is connected is silently dropped: wait for "Idle", as a
+        # person waits for the status bar to say so.
+        page.get_by_text(re.compile(r"Python 3 \(Docker\) \| Idle")).wait_for(timeout=180_000)
         editor = page.locator(".jp-Notebook .jp-Cell .cm-content").first
         editor.click()
         page.keyboard.type(
@@ -78,5 +83,11 @@ def test_researcher_runs_a_cell_on_the_docker_kernel_in_jupyterlab(lab: Lab, adm
         assert f"uid {uid} on" in text
         hostname = text.split(" on ")[1].strip()
         assert hostname != lab.exec("hostname").stdout.strip()  # a kernel container, not the hub
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-failure.png"), full_page=True)
+        print("\n".join(console[-200:]))
+        print(lab.make("logs", TAIL="all", FOLLOW="no", check=False).stderr[-30000:])
+        raise
     finally:
         context.close()
