@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
+import zmq
 from docker.utils import parse_bytes
-from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.connect import ConnectionFileMixin, KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import (
     Any as AnyTrait,
@@ -136,6 +137,18 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         container's address on `network`; nothing is published on the host. "published-ports":
         Docker publishes the ports on the host's 127.0.0.1 only, for engines whose container
         addresses the server cannot route to (Docker Desktop on macOS or Windows).""",
+    )
+    encrypt_traffic = CaselessStrEnum(
+        ["auto", "required", "disabled"],
+        default_value="auto",
+        config=True,
+        help="""CurveZMQ encryption of the kernel's traffic, with a fresh key pair per launch
+        that only the server and the kernel know. Without it, messages are signed but not
+        encrypted, so anyone on the kernel network who finds the ports could read the output
+        stream. "auto" (default): on when the kernelspec declares "curve" in its
+        metadata.supported_encryption (jupyter_client's convention; the kernel must support
+        it, e.g. ipykernel >= 7.4) and this jupyter_client can use it. "required": refuse to
+        start otherwise. "disabled": never.""",
     )
     launch_timeout = Float(
         120.0,
@@ -319,6 +332,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _engine: KernelEngine | None = None
     _shutting_down = False
     _exit_reported = False
+    _exit_watch: asyncio.Future[int | None] | None = None
     _cwd: str | None = None
 
     @property
@@ -406,6 +420,10 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             "kernel_name": self._kernel_name(),
             **dict(zip(PORT_NAMES, ports, strict=True)),
         }
+        if self._curve_wanted():
+            public, secret = zmq.curve_keypair()
+            connection["curve_publickey"] = public.decode("ascii")
+            connection["curve_secretkey"] = secret.decode("ascii")
         extra_arguments = kwargs.pop("extra_arguments", [])
         argv = [
             a.replace("{connection_file}", CONNECTION_FILE)
@@ -451,11 +469,31 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         kwargs["cmd"] = argv
         return kwargs
 
+    def _curve_wanted(self) -> bool:
+        declared = (self.kernel_spec.metadata or {}).get("supported_encryption") or []
+        if isinstance(declared, str):
+            declared = [declared]
+        kernel_can = "curve" in {str(d).strip().lower() for d in declared}
+        # jupyter_client >= 8.10 configures its client sockets from curve keys it is given.
+        client_can = "curve_publickey" in ConnectionFileMixin.class_trait_names()
+        if self.encrypt_traffic == "required" and not (kernel_can and client_can):
+            raise KernelConfigError(
+                "encrypt_traffic is 'required', but "
+                + (
+                    "this jupyter_client cannot encrypt kernel traffic (it needs >= 8.10)."
+                    if not client_can
+                    else f'the kernelspec {self._kernel_name()!r} does not declare "curve" in '
+                    "metadata.supported_encryption (the kernel must support it)."
+                )
+            )
+        return self.encrypt_traffic != "disabled" and kernel_can and client_can
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         spec: KernelContainerSpec = kwargs["spec"]
         self._reap_orphans_once()
         self._shutting_down = False
         self._exit_reported = False
+        self._exit_watch = None
         launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
         self.container_id = launched.container_id
         self.container_name = launched.name
@@ -574,6 +612,16 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if self.container_id is None:
             return 0
+        if self._exit_watch is not None:
+            try:
+                code = await asyncio.wait_for(asyncio.shield(self._exit_watch), 0.1)
+            except asyncio.TimeoutError:
+                return None
+            except EngineUnreachable:
+                code = None
+            if code is not None:
+                return code
+            self._exit_watch = None  # the watch timed out: ask the engine
         try:
             state = await in_thread(self.engine.state, self.container_id)
         except EngineUnreachable as e:
@@ -610,6 +658,11 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def shutdown_requested(self, restart: bool = False) -> None:
         self._shutting_down = True
+        if self.container_id is not None:
+            # Learn of the exit the moment it happens, not at the manager's next 0.1 s poll.
+            self._exit_watch = asyncio.ensure_future(
+                in_thread(self.engine.wait, self.container_id, self.get_shutdown_wait_time())
+            )
 
     async def kill(self, restart: bool = False) -> None:
         self._shutting_down = True
@@ -623,6 +676,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         await self._remove_container()
 
     async def _remove_container(self) -> None:
+        self._exit_watch = None
         if self.container_id is not None:
             self._shutting_down = True
             await in_thread(self.engine.remove, self.container_id)
