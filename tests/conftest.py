@@ -100,7 +100,10 @@ def kernel_specs(
     counter = iter(range(1000))
 
     def make(
-        argv: list[str] | None = None, env: dict[str, str] | None = None, **config: Any
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        encrypted: bool = True,
+        **config: Any,
     ) -> str:
         name = f"docker-test-{next(counter)}"
         settings = {
@@ -117,7 +120,12 @@ def kernel_specs(
             "interrupt_mode": "signal",
             "env": env or {},
             "metadata": {
-                "kernel_provisioner": {"provisioner_name": "labnotebook-docker", "config": settings}
+                "kernel_provisioner": {
+                    "provisioner_name": "labnotebook-docker",
+                    "config": settings,
+                },
+                # The kernel image's ipykernel takes CurveZMQ keys (see the bundled kernelspec).
+                "supported_encryption": ["curve"] if encrypted else [],
             },
         }
         folder = root / name
