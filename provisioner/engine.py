@@ -349,21 +349,12 @@ class DockerEngine:
         settings = details["NetworkSettings"]
         if spec.publish_ports:
             ip = "127.0.0.1"
+            published = settings.get("Ports") or {}
             ports = {}
             for name, port in spec.ports.items():
-                bindings = (settings.get("Ports") or {}).get(f"{port}/tcp") or []
-                if not bindings:
-                    break  # exited already; the caller sees it from the state
+                # No binding: the container exited already; the caller sees it from the state.
+                bindings = published.get(f"{port}/tcp") or [{"HostPort": port}]
                 ports[name] = int(bindings[0]["HostPort"])
-            else:
-                return LaunchedContainer(
-                    container_id,
-                    details["Name"].lstrip("/"),
-                    ip,
-                    ports,
-                    gpus.describe() if gpus.wanted else "",
-                )
-            ports = spec.ports
         else:
             network = (settings.get("Networks") or {}).get(spec.network) or {}
             ip = network.get("IPAddress") or ""

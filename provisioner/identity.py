@@ -50,11 +50,6 @@ class KernelIdentity:
         )
 
     @classmethod
-    def of_current_process(cls, extra_groups: tuple[int, ...] = ()) -> KernelIdentity:
-        """The identity of the Jupyter server process that launches the kernel."""
-        return cls.of_uid(os.getuid(), extra_groups)
-
-    @classmethod
     def build(
         cls,
         *,

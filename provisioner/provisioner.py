@@ -20,6 +20,7 @@ import string
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from string import Template
 from typing import Any, TypeVar
 
 import zmq
@@ -354,33 +355,31 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- launching ---------------------------------------------------------------------------
 
     def identity(self) -> KernelIdentity:
+        """The kernel's user: the server's, or an account/identity configured explicitly."""
         extra = tuple(_gid(g) for g in self.extra_groups)
-        if self.uid is None and self.username is None:
-            identity = KernelIdentity.of_current_process(extra)
-        elif self.username is None or self.home is None:
-            identity = KernelIdentity.of_uid(os.getuid() if self.uid is None else self.uid, extra)
-        else:
+        uid = os.getuid() if self.uid is None else self.uid
+        if self.username is not None and self.home is not None:
             identity = KernelIdentity.build(
                 username=self.username,
-                uid=os.getuid() if self.uid is None else self.uid,
-                gid=self.gid if self.gid is not None else (self.uid or os.getgid()),
+                uid=uid,
+                gid=self.gid if self.gid is not None else os.getgid() if self.uid is None else uid,
                 home=self.home,
                 groups=extra,
             )
-        if self.gid is not None and identity.gid != self.gid:
-            identity = KernelIdentity.build(
-                username=identity.username,
-                uid=identity.uid,
-                gid=self.gid,
-                home=identity.home,
-                groups=identity.groups,
-            )
+        else:
+            identity = KernelIdentity.of_uid(uid, extra)
+            if self.gid is not None and self.gid != identity.gid:
+                identity = KernelIdentity.build(
+                    username=identity.username,
+                    uid=uid,
+                    gid=self.gid,
+                    home=identity.home,
+                    groups=identity.groups,
+                )
         identity.refuse_root(self.allow_root)
         return identity
 
     def _environment(self, server_env: dict[str, str], identity: KernelIdentity) -> dict[str, str]:
-        from string import Template
-
         env = {k: server_env[k] for k in self.env_allowlist if k in server_env}
         for key, value in (self.kernel_spec.env if self.kernel_spec else {}).items():
             env[key] = Template(value).safe_substitute(server_env)
