@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 from typing import Any
-from urllib.parse import urlparse
 
 from jupyterhub import orm
 from nativeauthenticator import NativeAuthenticator
@@ -30,6 +29,7 @@ from nativeauthenticator.handlers import (
     TEMPLATE_DIR as NATIVE_TEMPLATES,
 )
 from nativeauthenticator.handlers import (
+    AuthorizationAreaHandler,
     ChangePasswordAdminHandler,
     ChangePasswordHandler,
     DiscardHandler,
@@ -175,6 +175,7 @@ class LabAuthenticator(NativeAuthenticator):
         ours = {
             LoginHandler: LabLoginHandler,
             SignUpHandler: LabSignUpHandler,
+            AuthorizationAreaHandler: LabAuthorizationAreaHandler,
             ToggleAuthorizationHandler: LabToggleAuthorizationHandler,
             DiscardHandler: LabDiscardHandler,
             ChangePasswordHandler: LabChangePasswordHandler,
@@ -183,7 +184,17 @@ class LabAuthenticator(NativeAuthenticator):
         return [(route, ours.get(handler, handler)) for route, handler in super().get_handlers(app)]
 
 
-class LabLoginHandler(LoginHandler):
+class LabPage:
+    """What every page of the lab's handlers may show: the password rules in force."""
+
+    authenticator: LabAuthenticator
+
+    def render_template(self, name: str, sync: bool = False, **ns: Any) -> Any:
+        ns.setdefault("minimum_password_length", self.authenticator.minimum_password_length)
+        return super().render_template(name, sync=sync, **ns)  # type: ignore[misc]
+
+
+class LabLoginHandler(LabPage, LoginHandler):
     """The login form, with specific messages for a locked name and an over-long password."""
 
     def _render(
@@ -226,15 +237,27 @@ class LabLoginHandler(LoginHandler):
         await super().post()
 
 
-class LabSignUpHandler(SignUpHandler):
+class LabSignUpHandler(LabPage, SignUpHandler):
     """The sign-up form: our checks first, each with its message; then NativeAuthenticator's."""
 
     def render_template(self, name: str, sync: bool = False, **ns: Any) -> Any:
         authenticator: LabAuthenticator = self.authenticator
         ns.setdefault("setup_token_required", authenticator.admin_setup_pending())
         ns.setdefault("admin_names", sorted(authenticator.admin_users))
-        ns.setdefault("minimum_password_length", authenticator.minimum_password_length)
         return super().render_template(name, sync=sync, **ns)
+
+    def get_result_message(self, user: Any, *args: Any) -> tuple[str, str]:
+        alert, message = super().get_result_message(user, *args)
+        name = user.username if user is not None else ""
+        if alert == "alert-info" and user is not None and not user.login_email_sent:
+            message = (
+                f"Thank you, {name}: your sign-up has reached the lab's admins. An admin must "
+                "approve your account before you can log in; you can log in as soon as they "
+                "have."
+            )
+        elif alert == "alert-success":
+            message = f"{name} is signed up. Log in now; you can approve people at /hub/authorize."
+        return alert, message
 
     async def post(self) -> None:
         authenticator: LabAuthenticator = self.authenticator
@@ -256,6 +279,7 @@ class LabSignUpHandler(SignUpHandler):
                 result_message=problem,
                 alert="alert-danger",
                 username=raw_name,
+                email=self.get_body_argument("email", "", strip=True),
                 two_factor_auth=authenticator.allow_2fa,
                 recaptcha_key=authenticator.recaptcha_key,
                 tos=authenticator.tos,
@@ -265,28 +289,51 @@ class LabSignUpHandler(SignUpHandler):
         await super().post()
 
 
-def _refuse_cross_site(handler: web.RequestHandler) -> None:
-    """NativeAuthenticator approves and discards people with plain GET links, which another
-    site could make an admin's browser follow. Accept them only from the hub's own pages."""
-    site = handler.request.headers.get("Sec-Fetch-Site")
-    if site is not None:
-        if site not in ("same-origin", "none"):
-            raise web.HTTPError(403, "Approve people from the hub's /hub/authorize page.")
-        return
-    referer = handler.request.headers.get("Referer")
-    if referer and urlparse(referer).netloc != handler.request.host:
-        raise web.HTTPError(403, "Approve people from the hub's /hub/authorize page.")
+def _only_by_post(handler: web.RequestHandler) -> None:
+    """NativeAuthenticator approves, revokes and discards people with plain GET links, which
+    any page - a member's notebook served on the hub's own origin included - can make an
+    admin's browser follow. Here a GET changes nothing; the buttons on /hub/authorize post a
+    form with the XSRF token."""
+    raise web.HTTPError(
+        405, "Approve, revoke and discard people with the buttons on the hub's /hub/authorize page."
+    )
 
 
-class LabToggleAuthorizationHandler(ToggleAuthorizationHandler):
-    """Approving (or revoking) a person at /hub/authorize/NAME; approval makes their account."""
+class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
+    """POST /hub/authorize/NAME with authorized=yes|no: approving makes the Unix account.
+
+    The form says which state it wants (not a toggle), so a double click or a resubmitted
+    form never undoes what the admin meant."""
 
     async def get(self, slug: str) -> None:
-        _refuse_cross_site(self)
-        await super().get(slug)
+        _only_by_post(self)
+
+    @admin_users_scope
+    async def post(self, slug: str) -> None:
+        wanted = self.get_body_argument("authorized", "yes").strip().lower() in ("yes", "1", "true")
         info = UserInfo.find(self.db, slug)
-        if info is not None and info.is_authorized:
+        if info is None:
+            raise web.HTTPError(404, f"Nobody called {slug!r} has signed up.")
+        if not wanted and slug == self.current_user.name:
+            raise web.HTTPError(400, "You cannot revoke your own approval; ask another admin.")
+        if bool(info.is_authorized) != wanted:
+            info.is_authorized = wanted
+            self.db.commit()
+            self.log.info(
+                "%s %s %s", self.current_user.name, "approved" if wanted else "revoked", slug
+            )
+        if wanted:
             await asyncio.to_thread(self.authenticator.approved, info.username)
+        self.redirect(self.hub.base_url + "authorize#user-" + url_escape(slug, plus=False))
+
+
+class LabAuthorizationAreaHandler(LabPage, AuthorizationAreaHandler):
+    """/hub/authorize: the people who signed up, with POST forms to approve or discard."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        # Logged out, the README's link leads to the login page and back, not to a bare 403.
+        await super().get()
 
 
 def _refuse_long_password(handler: web.RequestHandler, *fields: str) -> str | None:
@@ -296,15 +343,25 @@ def _refuse_long_password(handler: web.RequestHandler, *fields: str) -> str | No
     return None
 
 
-class LabDiscardHandler(DiscardHandler):
-    """Discarding a sign-up at /hub/discard/NAME, from the hub's own pages only."""
+class LabDiscardHandler(LabPage, DiscardHandler):
+    """POST /hub/discard/NAME: delete a sign-up that was never approved."""
 
     async def get(self, user_name: str) -> None:
-        _refuse_cross_site(self)
-        await super().get(user_name)
+        _only_by_post(self)
+
+    @admin_users_scope
+    async def post(self, user_name: str) -> None:
+        info = self.authenticator.get_user(user_name)
+        if info is not None and not info.is_authorized:
+            # As NativeAuthenticator's GET did: its own record, and the hub's if there is one.
+            self.authenticator.delete_user(type("User", (), {"name": user_name}))
+            if self.users.get(user_name) is not None:
+                self.users.delete(user_name)
+            self.log.info("%s discarded the sign-up of %s", self.current_user.name, user_name)
+        self.redirect(self.hub.base_url + "authorize")
 
 
-class LabChangePasswordHandler(ChangePasswordHandler):
+class LabChangePasswordHandler(LabPage, ChangePasswordHandler):
     """Changing one's own password: the policy's message instead of a generic one."""
 
     @web.authenticated
@@ -328,7 +385,7 @@ class LabChangePasswordHandler(ChangePasswordHandler):
         await super().post()
 
 
-class LabChangePasswordAdminHandler(ChangePasswordAdminHandler):
+class LabChangePasswordAdminHandler(LabPage, ChangePasswordAdminHandler):
     """An admin setting someone's password: the policy's message instead of a generic one."""
 
     @admin_users_scope

@@ -3,6 +3,8 @@
 # image targets. Every setting can be given on the command line (make up PORT=8443 ...); all
 # names derive from LAB, so tests run a second hub with LAB=labnotebook-test-xyz PORT=....
 LAB ?= labnotebook
+# The lab's name on the hub's pages; empty: LAB.
+LAB_TITLE ?=
 PORT ?= 8000
 # Host address the hub is published on; empty: all addresses.
 BIND ?=
@@ -26,7 +28,7 @@ LAB_ENV = LAB="$(LAB)" PORT="$(PORT)" BIND="$(BIND)" NETWORK="$(NETWORK)" \
 	HOMES_VOLUME="$(HOMES_VOLUME)" STATE_VOLUME="$(STATE_VOLUME)" SSL_CERT="$(SSL_CERT)" \
 	SSL_KEY="$(SSL_KEY)" PLAIN_HTTP="$(PLAIN_HTTP)" BACKUP_DIR="$(BACKUP_DIR)" \
 	BACKUP="$(BACKUP)" HUB_IMAGE="$(HUB_IMAGE)" KERNEL_IMAGE="$(KERNEL_IMAGE)" \
-	TAIL="$(TAIL)" FOLLOW="$(FOLLOW)"
+	TAIL="$(TAIL)" FOLLOW="$(FOLLOW)" LAB_TITLE="$(LAB_TITLE)"
 
 .PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
 

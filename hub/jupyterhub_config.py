@@ -1,6 +1,7 @@
 # The lab hub's JupyterHub configuration. Every value here is the lab's default; the operator
 # chooses a few things with `make up VAR=...` (see labnotebook/hub/settings.py), and an admin
 # can override anything below in /srv/state/jupyterhub_config.py (kept on the state volume).
+import os
 import sys
 
 from labnotebook.hub import authenticator, tls
@@ -24,7 +25,13 @@ c.JupyterHub.cleanup_servers = True
 
 # -- who may log in: sign-up, admin approval, a setup token for the first admin -------------
 c.JupyterHub.authenticator_class = authenticator.LabAuthenticator
+if not os.path.isfile(os.path.join(authenticator.TEMPLATES, "signup.html")):
+    # Without them JupyterHub silently serves NativeAuthenticator's stock pages, which have
+    # no setup-token field: nobody could ever claim the admin account.
+    sys.exit(f"The lab's page templates are missing from {authenticator.TEMPLATES}: reinstall.")
 c.JupyterHub.template_paths = authenticator.TEMPLATE_PATHS
+# Every page names the lab (title bar, headings): LAB_TITLE, or the LAB name.
+c.JupyterHub.template_vars = {"lab_title": lab.title}
 c.Authenticator.admin_users = {"admin"}
 c.LabAuthenticator.minimum_password_length = 10
 c.LabAuthenticator.allowed_failed_logins = 5

@@ -94,6 +94,10 @@ class LabSettings:
     """PLAIN_HTTP=yes: serve plain HTTP. Passwords then cross the network in clear text; use it
     only behind a TLS-terminating proxy."""
 
+    title: str = ""
+    """LAB_TITLE: the lab's name on every hub page and in the browser's title bar, e.g.
+    "Smith Lab notebooks". Empty: the LAB name."""
+
     tls_hostnames: tuple[str, ...] = ("labnotebook", "localhost")
     """TLS_HOSTNAMES: comma-separated names the generated self-signed certificate is valid for
     (127.0.0.1 and ::1 are always included)."""
@@ -131,6 +135,7 @@ class LabSettings:
             network=os.environ.get("NETWORK", "").strip() or name,
             kernel_image=os.environ.get("KERNEL_IMAGE", "").strip() or cls.kernel_image,
             public_url=os.environ.get("PUBLIC_URL", "").strip(),
+            title=os.environ.get("LAB_TITLE", "").strip() or name,
             plain_http=_flag("PLAIN_HTTP"),
             tls_hostnames=hostnames or cls.tls_hostnames,
             admin_sudo_nopasswd=_flag("ADMIN_SUDO_NOPASSWD"),

@@ -8,7 +8,8 @@ The login flow (also what a browser test automates):
 
 1. GET  /hub/signup, POST /hub/signup  (username, signup_password,
    signup_password_confirmation, setup_token for the first admin, _xsrf)
-2. an admin approves: GET /hub/authorize/NAME (link on /hub/authorize)
+2. an admin approves: POST /hub/authorize/NAME (authorized=yes, _xsrf: the form on
+   /hub/authorize)
 3. GET  /hub/login, POST /hub/login?next=  (username, password, _xsrf) -> 302 to /hub/
 4. GET  /hub/spawn -> server starts -> /user/NAME/lab (JupyterLab)
 """
@@ -121,13 +122,21 @@ class HubUser:
         )  # fmt: skip
 
     def approve(self, name: str) -> None:
-        """As an admin: click `name`'s "Authorize" button on /hub/authorize (if not yet)."""
+        """As an admin: submit `name`'s "Authorize" form on /hub/authorize (if not yet)."""
         page = self.session.get(self.base_url + "hub/authorize", timeout=60)
         page.raise_for_status()
-        button = re.search(rf'href="([^"]*authorize/{re.escape(name)})"[^>]*>(\w+)<', page.text)
-        assert button, f"{name} is not on the authorization page"
-        if button.group(2) == "Authorize":
-            reply = self.session.get(urljoin(page.url, html.unescape(button.group(1))), timeout=60)
+        row = re.search(rf'<tr id="user-{re.escape(name)}".*?</tr>', page.text, re.S)
+        assert row, f"{name} is not on the authorization page"
+        form = re.search(r'<form method="post" action="([^"]*authorize/[^"]*)">(.*?)</form>',
+                         row.group(0), re.S)  # fmt: skip
+        assert form, row.group(0)
+        fields = dict(re.findall(r'name="(\w+)" value="([^"]*)"', form.group(2)))
+        if fields.get("authorized") == "yes":
+            reply = self.session.post(
+                urljoin(page.url, html.unescape(form.group(1))),
+                data={k: html.unescape(v) for k, v in fields.items()},
+                timeout=60,
+            )
             reply.raise_for_status()
             assert "/hub/authorize" in reply.url, reply.url
 
