@@ -25,7 +25,7 @@ from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
-from labnotebook.provisioner.mounts import Mount, is_mounted
+from labnotebook.provisioner.mounts import Mount
 from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
@@ -306,9 +306,7 @@ class LaunchPolicy(LoggingConfigurable):
         if working_dir is not None and not _text("working_dir", working_dir).startswith("/"):
             raise KernelConfigError(f"working_dir must be an absolute path: {working_dir!r}")
         mounts = self._mounts(request.get("mounts") or [], substitutions)
-        working_dir, argv = self._working_dir(
-            working_dir, self._argv(request["argv"]), mounts, identity
-        )
+        working_dir, argv = self._working_dir(working_dir, self._argv(request["argv"]), identity)
 
         return KernelContainerSpec(
             kernel_id=kernel_id,
@@ -384,21 +382,23 @@ class LaunchPolicy(LoggingConfigurable):
         return image
 
     def _working_dir(
-        self, path: str | None, argv: list[str], mounts: list[Mount], identity: KernelIdentity
-    ) -> tuple[str | None, list[str]]:
-        """Where the kernel starts, without letting Docker create folders as root in volumes.
+        self, path: str | None, argv: list[str], identity: KernelIdentity
+    ) -> tuple[str, list[str]]:
+        """Where the kernel starts, without Docker ever entering a folder as root for the user.
 
-        Docker (runc) creates a missing working directory as root before the kernel runs,
-        following symlinks the user controls inside writable mounts: a working_dir such as
-        /home/me/link-to-bob/x would leave a root-owned folder in another user's home. So
-        Docker only gets a working directory outside every mount (the container's own files)
-        or the user's home itself (in a folder only root can change); a folder deeper inside
-        a mount is entered by the kernel's own process, as the user, through `cwd_shim`.
+        Docker (runc) creates and enters the working directory as root, before the kernel
+        drops to the user, following whatever the path names: a member's symlinks inside
+        volumes, `/proc/self/root/...`, `/proc/thread-self/...`, `/dev/fd/N/...`, symlinks in
+        a member's own image. Any of those would let alice's kernel start inside bob's private
+        home, or plant root-owned folders there. No list of bad prefixes can be complete, so
+        Docker only ever gets the user's home (in /home, which only root can change), and any
+        other folder is entered by the kernel's own process, as the user, through `cwd_shim`:
+        the kernel then sees exactly what the user may see.
         """
         if path is None:
-            return None, argv
+            return identity.home, argv
         path = "/" + posixpath.normpath(path).lstrip("/")  # '//home/x' is '/home/x' to runc
-        if path == identity.home or not is_mounted(path, mounts):
+        if path == identity.home:
             return path, argv
         return identity.home, [*self.cwd_shim, path, *argv]
 

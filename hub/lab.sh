@@ -103,6 +103,16 @@ cmd_up() {
     print_welcome
 }
 
+print_warnings() {
+    local warnings
+    warnings=$(docker exec "$LAB" cat /run/labnotebook/startup-warnings.txt 2>/dev/null || true)
+    if [ -n "$warnings" ]; then
+        say ""
+        say "WARNING: the hub started, but needs an admin's attention:"
+        say "$warnings"
+    fi
+}
+
 print_welcome() {
     local token host
     host=${PUBLIC_URL:-$(scheme)://$(hostname -f 2>/dev/null || hostname):$PORT/}
@@ -127,6 +137,7 @@ print_welcome() {
         say "Lab members sign up at ${host}hub/signup; admins approve them at ${host}hub/authorize."
     fi
     say "Logs: make logs    Stop: make down    Back up: make backup"
+    print_warnings
 }
 
 cmd_down() {

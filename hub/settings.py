@@ -31,6 +31,9 @@ BROKER_SOCKET = Path("/run/labnotebook/broker.sock")
 PROXY_PID_FILE = Path("/run/labnotebook/jupyterhub-proxy.pid")
 """Not on the state volume: a PID from an earlier container means nothing in this one, and
 JupyterHub kills whatever process has the PID it finds there."""
+STARTUP_WARNINGS = Path("/run/labnotebook/startup-warnings.txt")
+"""What the last start could not do (a member's account, a displaced folder): `make up` prints
+it, and so does the hub's log."""
 BROKER_CONFIG = Path("/etc/labnotebook/broker_config.py")
 BROKER_OVERRIDES = STATE_DIR / "broker_config.py"
 """Optional admin additions to the broker policy (e.g. more images or data mounts)."""

@@ -34,6 +34,7 @@ from .settings import (
     KERNELSPEC_DIR,
     PROXY_PID_FILE,
     STATE_DIR,
+    STARTUP_WARNINGS,
     LabSettings,
 )
 
@@ -69,6 +70,12 @@ def lock_down() -> None:
     # names some other process now, which JupyterHub would kill.
     for stale in (PROXY_PID_FILE, STATE_DIR / "jupyterhub-proxy.pid"):
         stale.unlink(missing_ok=True)
+
+
+def report_warnings(warnings: list[str]) -> None:
+    """What the admin must know about this start: `make up` prints the file after start."""
+    text = "".join(f"- {w}\n" for w in warnings)
+    _write(STARTUP_WARNINGS, text, 0o600)
 
 
 def write_sudoers(nopasswd: bool) -> None:
@@ -157,9 +164,10 @@ def main() -> None:
         sys.exit("labnotebook.hub.startup must run as root (it is the hub image's entrypoint).")
     settings = LabSettings.from_env()
     lock_down()
-    members = users.restore_all(settings.private_homes)
+    members, warnings = users.restore_all(settings.private_homes)
     log.info("Restored %d lab account(s) from the registry", len(members))
-    sharing.apply_layout()
+    warnings += sharing.apply_layout()
+    report_warnings(warnings)
     write_sudoers(settings.admin_sudo_nopasswd)
     if not settings.plain_http:
         cert = tls.certificate(settings.tls_hostnames)

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from . import safefs
 from .registry import Member, Registry
 from .settings import (
     ADMIN_GID,
@@ -76,26 +77,52 @@ def _groups_of(name: str) -> set[str]:
     return {g.gr_name for g in grp.getgrall() if name in g.gr_mem}
 
 
-def _make_account(member: Member) -> None:
-    """Create (or correct) the Unix user and personal group of a registry entry."""
+class AccountProblem(RuntimeError):
+    """A registry entry that cannot become a Unix account in this image (said to the admin)."""
+
+
+def _collision(member: Member) -> str | None:
+    """Why `member` cannot have their account here: their name or IDs belong to the image."""
     name, uid = member.name, member.uid
     try:
         existing = pwd.getpwnam(name)
     except KeyError:
         existing = None
     if existing is not None and existing.pw_uid != uid:
-        raise RuntimeError(
-            f"The account {name!r} exists with UID {existing.pw_uid}, but the lab registry "
-            f"gives it UID {uid}. Refusing to guess which is right; fix /srv/state/users.json."
+        return (
+            f"{name!r} is the image's system account (UID {existing.pw_uid}), and the lab "
+            f"registry gives the member {name!r} UID {uid}"
         )
     try:
-        group = grp.getgrgid(uid)
-        if group.gr_name != name:
-            raise RuntimeError(f"GID {uid}, {name!r}'s personal group, is taken by {group.gr_name}")
+        group = grp.getgrnam(name)
     except KeyError:
+        group = None
+    if group is not None and group.gr_gid != uid:
+        return f"{name!r} is a system group of the image (GID {group.gr_gid})"
+    try:
+        owner = grp.getgrgid(uid)
+    except KeyError:
+        owner = None
+    if owner is not None and owner.gr_name != name:
+        return f"GID {uid}, {name!r}'s personal group, is the image's group {owner.gr_name!r}"
+    return None
+
+
+def _make_account(member: Member) -> None:
+    """Create (or correct) the Unix user and personal group of a registry entry."""
+    if problem := _collision(member):
+        raise AccountProblem(
+            f"The lab member {member.name!r} has no account in the hub: {problem}. "
+            f"Their files stay on the homes volume, owned by UID {member.uid}. To fix it, "
+            f"delete {member.name!r} in /hub/admin, have them sign up again under another "
+            f"name, and give them their files: sudo chown -R NEWNAME: /home/{member.name}, "
+            f"then move it to /home/NEWNAME."
+        )
+    name, uid = member.name, member.uid
+    if not _group_exists(name):
         _run("groupadd", "--gid", str(uid), name)
     groups = LAB_GROUP + (f",{ADMIN_GROUP}" if member.admin else "")
-    if existing is None:
+    if not _user_exists(name):
         _run(
             "useradd",
             "--uid", str(uid),
@@ -108,8 +135,13 @@ def _make_account(member: Member) -> None:
         )  # fmt: skip
     else:
         _run("usermod", "--groups", groups, name)
-    # The hub password's hash, so that sudo can ask for it; "!" (locked) until the first login.
-    _set_hash(name, member.password_hash or "!")
+    _set_hash(name, _local_hash(member))
+
+
+def _local_hash(member: Member) -> str:
+    """Only admins, who need it for sudo, have a usable local password: every other member's
+    is locked ("!"), so nobody can guess it with `su` from a terminal, beside the web lockout."""
+    return (member.password_hash or "!") if member.admin else "!"
 
 
 def _set_hash(name: str, password_hash: str) -> None:
@@ -117,23 +149,41 @@ def _set_hash(name: str, password_hash: str) -> None:
     _run("chpasswd", "--encrypted", stdin=f"{name}:{password_hash}\n")
 
 
-def _make_home(member: Member, private: bool) -> None:
-    """Create the home if missing. An existing home's mode is the user's choice: kept."""
-    home = home_of(member.name)
-    if not home.exists():
-        shutil.copytree("/etc/skel", home, symlinks=True, dirs_exist_ok=True)
-        for root, dirs, files in os.walk(home):
-            for entry in (root, *(os.path.join(root, x) for x in dirs + files)):
-                os.lchown(entry, member.uid, member.uid)
+def _make_home(member: Member, private: bool) -> list[str]:
+    """Create the home if missing, and the `~/shared` link; warnings for what was skipped.
+
+    Runs as root in folders the member controls (their home), so through descriptors only
+    (see `safefs`): a member's symlink is never followed. An existing home's mode is the
+    user's choice: kept.
+    """
+    name, uid = member.name, member.uid
+    with safefs.open_dir(str(HOMES_DIR)) as homes:
+        kind = safefs.entry_kind(name, homes)
+        if kind == "missing":
+            _create_home(member, homes, private)
+        elif kind != "a folder":
+            return [f"/home/{name} is {kind}, not a folder: {name}'s home was left alone."]
+        try:
+            with safefs.open_dir(name, homes) as home:
+                safefs.symlink(str(SHARED_DIR), "shared", home, uid, uid)
+        except safefs.UnsafePath as problem:  # replaced between the two looks
+            return [f"/home/{name}: {problem}"]
+    return []
+
+
+def _create_home(member: Member, homes: int, private: bool) -> None:
+    name, uid = member.name, member.uid
+    # Root's until the end, so nobody can change anything in it while it is filled.
+    os.mkdir(name, 0o700, dir_fd=homes)
+    home = home_of(name)
+    shutil.copytree("/etc/skel", home, symlinks=True, dirs_exist_ok=True)
+    for root, dirs, files in os.walk(home):
+        for entry in dirs + files:
+            os.lchown(os.path.join(root, entry), uid, uid)
+    with safefs.open_dir(name, homes) as fd:
         # Group `lab` on the home itself: 0750 lets lab members look in, nobody else.
-        os.chown(home, member.uid, LAB_GID)
-        os.chmod(home, 0o700 if private else 0o750)
-        log.info("Created %s (%s)", home, "private" if private else "readable by the lab")
-    link = home / "shared"
-    if not os.path.lexists(link):
-        # Created as root in a folder the user owns: never follow what the user put there.
-        os.symlink(SHARED_DIR, link)
-        os.lchown(link, member.uid, member.uid)
+        safefs.set_owner_mode(fd, uid, LAB_GID, 0o700 if private else 0o750)
+    log.info("Created %s (%s)", home, "private" if private else "readable by the lab")
 
 
 def ensure_account(name: str, *, admin: bool | None = None, private_home: bool = False) -> Member:
@@ -148,12 +198,15 @@ def ensure_account(name: str, *, admin: bool | None = None, private_home: bool =
         if admin is not None:
             member.admin = admin
     _make_account(member)
-    _make_home(member, private_home)
+    for warning in _make_home(member, private_home):
+        log.warning("%s", warning)
     return member
 
 
 def set_password_hash(name: str, password: str) -> None:
-    """Give the Unix account the same password as the hub account (for sudo).
+    """Give an admin's Unix account the same password as the hub account (for sudo).
+
+    Other members' local passwords stay locked (see `_local_hash`).
 
     The hash is computed by `openssl passwd` (SHA-512 crypt, random salt), with the password
     on stdin so it never appears in a process list, and kept in the registry so that it
@@ -164,8 +217,8 @@ def set_password_hash(name: str, password: str) -> None:
         member = registry.members.get(name)
         if member is None:
             return
-        member.password_hash = password_hash
-    _set_hash(name, password_hash)
+        member.password_hash = password_hash if member.admin else ""
+    _set_hash(name, _local_hash(member))
 
 
 def deactivate(name: str) -> None:
@@ -184,11 +237,22 @@ def deactivate(name: str) -> None:
         _run("groupdel", name)
 
 
-def restore_all(private_homes: bool = False) -> list[Member]:
-    """Re-create every active member's account: run as root at every container start."""
+def restore_all(private_homes: bool = False) -> tuple[list[Member], list[str]]:
+    """Re-create every active member's account: run as root at every container start.
+
+    One entry that cannot be made (its name became a system group in a new image, say) is
+    skipped with a warning for the admin, never a start that fails: the rest of the lab works.
+    """
     ensure_lab_groups()
-    members = Registry.load().active()
-    for member in members:
-        _make_account(member)
-        _make_home(member, private_homes)
-    return members
+    restored, warnings = [], []
+    for member in Registry.load().active():
+        try:
+            _make_account(member)
+            warnings += _make_home(member, private_homes)
+        except (AccountProblem, RuntimeError, OSError) as problem:
+            warnings.append(str(problem))
+            continue
+        restored.append(member)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return restored, warnings

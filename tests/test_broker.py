@@ -207,14 +207,22 @@ def test_mounts_are_the_labs_plus_the_allowed_ones_only() -> None:
 def test_working_dir_inside_a_mount_is_entered_by_the_kernel_as_the_user() -> None:
     root_policy = make_policy(lab_mounts=["homes:/home"], allow_root=True)
     for requested, docker_dir, entered in [
-        ("/opt/work", "/opt/work", None),  # the container's own files: Docker may create it
+        (None, "/root", None),  # never the image's WORKDIR: a member's image may set anything
         ("/root", "/root", None),  # the home itself
+        ("/opt/work", "/root", "/opt/work"),  # even the container's own files: as the user
         ("/home/bob/x", "/root", "/home/bob/x"),
+        ("/proc/self/root/home/bob/x", "/root", "/proc/self/root/home/bob/x"),
+        ("/proc/thread-self/cwd/x", "/root", "/proc/thread-self/cwd/x"),
+        ("/dev/fd/3/x", "/root", "/dev/fd/3/x"),
+        ("/dev/stdin/x", "/root", "/dev/stdin/x"),
         ("//home/bob/x", "/root", "/home/bob/x"),
         ("/home/../home/bob", "/root", "/home/bob"),
     ]:
-        spec = root_policy.admit(Peer(1, 0, 0), kernel_spec(working_dir=requested))
-        assert spec.working_dir == docker_dir
+        request = kernel_spec(working_dir=requested)
+        if requested is None:
+            del request["working_dir"]
+        spec = root_policy.admit(Peer(1, 0, 0), request)
+        assert spec.working_dir == docker_dir, requested
         if entered is None:
             assert spec.argv == ["sleep", "infinity"]
         else:

@@ -155,12 +155,14 @@ def test_a_lab_is_set_up_and_used_in_the_browser(fresh_lab: Lab, browser) -> Non
 
         # The show/hide control has a text label and changes the fields' type, both ways.
         page.locator("#password_input").fill(PASSWORDS["admin"])
-        toggle = page.get_by_role("button", name="Show the password")
+        toggle = page.locator("button.password-toggle")
         assert toggle.inner_text() == "Show"
+        assert toggle.get_attribute("aria-label") == "Show the password"
         toggle.click()
         assert page.locator("#password_input").get_attribute("type") == "text"
         assert page.locator("#password_confirmation_input").get_attribute("type") == "text"
         assert toggle.inner_text() == "Hide"
+        assert toggle.get_attribute("aria-pressed") == "true"
         admin.shot("02-signup-password-shown")
         toggle.click()
         assert page.locator("#password_input").get_attribute("type") == "password"
