@@ -323,7 +323,12 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
                 "%s %s %s", self.current_user.name, "approved" if wanted else "revoked", slug
             )
         if wanted:
-            await asyncio.to_thread(self.authenticator.approved, info.username)
+            try:
+                await asyncio.to_thread(self.authenticator.approved, info.username)
+            except users.AccountProblem as problem:
+                info.is_authorized = False
+                self.db.commit()
+                raise web.HTTPError(409, str(problem)) from None
         self.redirect(self.hub.base_url + "authorize#user-" + url_escape(slug, plus=False))
 
 

@@ -11,6 +11,7 @@ BIND ?=
 NETWORK ?= $(LAB)
 HOMES_VOLUME ?= $(LAB)-homedirs
 STATE_VOLUME ?= $(LAB)-state
+READONLY_VOLUME ?= $(LAB)-readonly
 # The operator's certificate and key (host paths); empty: a self-signed pair in the state volume.
 SSL_CERT ?=
 SSL_KEY ?=
@@ -25,7 +26,7 @@ FOLLOW ?= yes
 # process `make` starts (`make test` too), and a nested `make up LAB=x` would then inherit
 # HOMES_VOLUME=labnotebook-homedirs from its parent instead of deriving its own.
 LAB_ENV = LAB="$(LAB)" PORT="$(PORT)" BIND="$(BIND)" NETWORK="$(NETWORK)" \
-	HOMES_VOLUME="$(HOMES_VOLUME)" STATE_VOLUME="$(STATE_VOLUME)" SSL_CERT="$(SSL_CERT)" \
+	HOMES_VOLUME="$(HOMES_VOLUME)" STATE_VOLUME="$(STATE_VOLUME)" READONLY_VOLUME="$(READONLY_VOLUME)" SSL_CERT="$(SSL_CERT)" \
 	SSL_KEY="$(SSL_KEY)" PLAIN_HTTP="$(PLAIN_HTTP)" BACKUP_DIR="$(BACKUP_DIR)" \
 	BACKUP="$(BACKUP)" HUB_IMAGE="$(HUB_IMAGE)" KERNEL_IMAGE="$(KERNEL_IMAGE)" \
 	TAIL="$(TAIL)" FOLLOW="$(FOLLOW)" LAB_TITLE="$(LAB_TITLE)"

@@ -17,6 +17,10 @@ if not lab.plain_http:
     cert = tls.certificate(lab.tls_hostnames)
     c.JupyterHub.ssl_cert = str(cert.cert)
     c.JupyterHub.ssl_key = str(cert.key)
+if lab.subdomain_host:
+    # Isolates members' servers from the hub and from each other (see the README's security
+    # model): JupyterHub's own mechanism, one origin per user.
+    c.JupyterHub.subdomain_host = lab.subdomain_host
 c.JupyterHub.db_url = f"sqlite:///{STATE_DIR}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(STATE_DIR / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = str(PROXY_PID_FILE)

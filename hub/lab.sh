@@ -11,6 +11,7 @@ HUB_HOSTNAME=${HUB_HOSTNAME:-$LAB}
 NETWORK=${NETWORK:-$LAB}
 HOMES_VOLUME=${HOMES_VOLUME:-$LAB-homedirs}
 STATE_VOLUME=${STATE_VOLUME:-$LAB-state}
+READONLY_VOLUME=${READONLY_VOLUME:-$LAB-readonly}
 HUB_IMAGE=${HUB_IMAGE:-labnotebook/hub:latest}
 KERNEL_IMAGE=${KERNEL_IMAGE:-labnotebook/kernel-python:latest}
 DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
@@ -22,7 +23,7 @@ BACKUP=${BACKUP:-}
 FORCE=${FORCE:-}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
 # Passed through to the hub when set (see labnotebook/hub/settings.py).
-PASSED=(LAB_TITLE PUBLIC_URL TLS_HOSTNAMES ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
+PASSED=(LAB_TITLE SUBDOMAIN_HOST PUBLIC_URL TLS_HOSTNAMES ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
         SERVER_IDLE_TIMEOUT SERVER_MAX_AGE)
 
 say() { printf '%s\n' "$*"; }
@@ -74,15 +75,21 @@ cmd_up() {
         docker volume inspect "$volume" >/dev/null 2>&1 \
             || docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
     done
+    if ! docker volume inspect "$READONLY_VOLUME" >/dev/null 2>&1; then
+        docker volume create --label "org.labnotebook.lab=$LAB" "$READONLY_VOLUME" >/dev/null
+        migrate_readonly
+    fi
 
     local args=(
         --detach --name "$LAB" --hostname "$HUB_HOSTNAME" --network "$NETWORK"
         --restart unless-stopped --label "org.labnotebook.lab=$LAB"
         --publish "${BIND:+$BIND:}$PORT:8000"
         --volume "$HOMES_VOLUME:/home" --volume "$STATE_VOLUME:/srv/state"
+        --volume "$READONLY_VOLUME:/home/shared/readonly"
         # Only the root-owned broker inside uses it; its folder there is root-only.
         --volume "$DOCKER_SOCKET:/srv/engine/docker.sock"
         --env "LAB=$LAB" --env "NETWORK=$NETWORK" --env "HOMES_VOLUME=$HOMES_VOLUME"
+        --env "READONLY_VOLUME=$READONLY_VOLUME"
         --env "KERNEL_IMAGE=$KERNEL_IMAGE" --env "PLAIN_HTTP=$PLAIN_HTTP"
     )
     local name
@@ -101,6 +108,21 @@ cmd_up() {
     docker run "${args[@]}" "$HUB_IMAGE" >/dev/null
     wait_ready
     print_welcome
+}
+
+# Labs from before the readonly volume kept /home/shared/readonly as a folder of the homes
+# volume, where any member could rename it. Its contents move into the new volume once, while
+# the hub is down (no member's process runs), and never through a symlink.
+migrate_readonly() {
+    docker run --rm --network none -v "$HOMES_VOLUME:/from" -v "$READONLY_VOLUME:/to" \
+        --entrypoint /bin/sh "$HUB_IMAGE" -c '
+            old=/from/shared/readonly
+            if [ -d "$old" ] && [ ! -L "$old" ] && [ -n "$(ls -A "$old")" ]; then
+                tar -C "$old" --acls --xattrs --numeric-owner -cf - . \
+                    | tar -C /to --acls --xattrs --numeric-owner --same-owner -xpf - \
+                && echo "Moved /home/shared/readonly into its own volume" \
+                && find "$old" -mindepth 1 -delete
+            fi' || die "could not move /home/shared/readonly into $READONLY_VOLUME"
 }
 
 print_warnings() {
@@ -167,7 +189,7 @@ cmd_backup() {
     else
         docker volume inspect "$STATE_VOLUME" >/dev/null 2>&1 || die "no volume $STATE_VOLUME"
         docker run --rm -e "LAB=$LAB" -v "$STATE_VOLUME:/srv/state:ro" -v "$HOMES_VOLUME:/home:ro" \
-            "$HUB_IMAGE" python3 -m labnotebook.hub.backup create >"$file.part"
+            -v "$READONLY_VOLUME:/home/shared/readonly:ro" "$HUB_IMAGE" python3 -m labnotebook.hub.backup create >"$file.part"
     fi
     mv "$file.part" "$file"
     say "Wrote $file ($(du -h "$file" | cut -f1)). Restore it with: make restore BACKUP=$file"
@@ -178,7 +200,7 @@ cmd_restore() {
     [ -r "$BACKUP" ] || die "cannot read $BACKUP"
     [ -z "$(container_state)" ] || die "the hub $LAB exists; stop it first: make down"
     local volume
-    for volume in "$HOMES_VOLUME" "$STATE_VOLUME"; do
+    for volume in "$HOMES_VOLUME" "$STATE_VOLUME" "$READONLY_VOLUME"; do
         if docker volume inspect "$volume" >/dev/null 2>&1; then
             yes_flag "$FORCE" || die "volume $volume exists: restore onto fresh volumes \
 (another LAB=..., or remove it), or replace it with FORCE=yes"
@@ -187,8 +209,8 @@ cmd_restore() {
         docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
     done
     docker run --rm -i -v "$STATE_VOLUME:/srv/state" -v "$HOMES_VOLUME:/home" \
-        "$HUB_IMAGE" python3 -m labnotebook.hub.backup restore <"$BACKUP"
-    say "Restored into $STATE_VOLUME and $HOMES_VOLUME. Start the hub: make up"
+        -v "$READONLY_VOLUME:/home/shared/readonly" "$HUB_IMAGE" python3 -m labnotebook.hub.backup restore <"$BACKUP"
+    say "Restored into $STATE_VOLUME, $HOMES_VOLUME and $READONLY_VOLUME. Start the hub: make up"
 }
 
 cmd_upgrade() {

@@ -1,7 +1,9 @@
-"""Which user names the lab accepts: names `useradd` takes that are not system accounts."""
+"""Which user names the lab accepts: names `useradd` takes that are no user or group of the
+hub image (the lab's own groups included)."""
 
 from __future__ import annotations
 
+import grp
 import pwd
 import re
 
@@ -38,13 +40,26 @@ def name_problem(name: str) -> str | None:
         )
     if name in RESERVED or name.startswith("systemd-"):
         return f"{name!r} is reserved for the system. Please choose another user name."
+    # Every user *and group* of the hub image that is not one of ours is the system's: a
+    # member called `staff` or `src` would get an account whose personal group cannot exist.
+    from .users import is_lab_member
+
+    if (_is_system_user(name) or _is_system_group(name)) and not is_lab_member(name):
+        return f"{name!r} is reserved for the system. Please choose another user name."
+    return None
+
+
+def _is_system_user(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
-        return None
-    # An account in the image's /etc/passwd that is not one of ours is a system account.
-    from .users import is_lab_member
+        return False
+    return True
 
-    if not is_lab_member(name):
-        return f"{name!r} is reserved for the system. Please choose another user name."
-    return None
+
+def _is_system_group(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True

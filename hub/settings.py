@@ -84,6 +84,11 @@ class LabSettings:
     homes_volume: str = "labnotebook-homedirs"
     """HOMES_VOLUME: the Docker volume mounted at /home here and in every kernel container."""
 
+    readonly_volume: str = "labnotebook-readonly"
+    """READONLY_VOLUME: the Docker volume mounted at /home/shared/readonly here and in every
+    kernel container. Being a mount point, it cannot be renamed or replaced by members, who
+    may otherwise rename anything in /home/shared."""
+
     network: str = "labnotebook"
     """NETWORK: the Docker network the hub and the kernel containers share."""
 
@@ -96,6 +101,12 @@ class LabSettings:
     plain_http: bool = False
     """PLAIN_HTTP=yes: serve plain HTTP. Passwords then cross the network in clear text; use it
     only behind a TLS-terminating proxy."""
+
+    subdomain_host: str = ""
+    """SUBDOMAIN_HOST: e.g. "https://lab.example.org": each member's server gets its own
+    origin (alice.lab.example.org), so a page a member's server serves cannot act on the
+    hub or on other members' servers in a logged-in visitor's browser. Needs wildcard DNS
+    and a wildcard certificate. Empty: every server shares the hub's origin."""
 
     title: str = ""
     """LAB_TITLE: the lab's name on every hub page and in the browser's title bar, e.g.
@@ -135,10 +146,12 @@ class LabSettings:
         return cls(
             name=name,
             homes_volume=os.environ.get("HOMES_VOLUME", "").strip() or f"{name}-homedirs",
+            readonly_volume=os.environ.get("READONLY_VOLUME", "").strip() or f"{name}-readonly",
             network=os.environ.get("NETWORK", "").strip() or name,
             kernel_image=os.environ.get("KERNEL_IMAGE", "").strip() or cls.kernel_image,
             public_url=os.environ.get("PUBLIC_URL", "").strip(),
             title=os.environ.get("LAB_TITLE", "").strip() or name,
+            subdomain_host=os.environ.get("SUBDOMAIN_HOST", "").strip(),
             plain_http=_flag("PLAIN_HTTP"),
             tls_hostnames=hostnames or cls.tls_hostnames,
             admin_sudo_nopasswd=_flag("ADMIN_SUDO_NOPASSWD"),

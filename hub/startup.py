@@ -33,8 +33,9 @@ from .settings import (
     FIRST_UID,
     KERNELSPEC_DIR,
     PROXY_PID_FILE,
-    STATE_DIR,
+    READONLY_DIR,
     STARTUP_WARNINGS,
+    STATE_DIR,
     LabSettings,
 )
 
@@ -88,6 +89,12 @@ def write_sudoers(nopasswd: bool) -> None:
     subprocess.run(["visudo", "-cqf", str(SUDOERS_FILE)], check=True)
 
 
+def lab_mounts(settings: LabSettings) -> list[str]:
+    """The volumes every kernel mounts, where the hub has them: homes, and the readonly
+    volume inside /home/shared (a mount point there too, so no kernel can rename it)."""
+    return [f"{settings.homes_volume}:/home", f"{settings.readonly_volume}:{READONLY_DIR}"]
+
+
 def kernelspec(settings: LabSettings) -> dict[str, Any]:
     """The lab's Docker Python kernelspec: the bundled one, pointed at the broker."""
     spec: dict[str, Any]
@@ -110,7 +117,7 @@ def kernelspec(settings: LabSettings) -> dict[str, Any]:
         image=settings.kernel_image,
         broker_socket=str(BROKER_SOCKET),
         network=settings.network,
-        volumes=[f"{settings.homes_volume}:/home"],
+        volumes=lab_mounts(settings),
     )
     return spec
 
@@ -143,7 +150,7 @@ import os
 
 c.KernelBroker.docker_host = {f"unix://{ENGINE_SOCKET}"!r}
 c.LaunchPolicy.network = {settings.network!r}
-c.LaunchPolicy.lab_mounts = [{f"{settings.homes_volume}:/home"!r}]
+c.LaunchPolicy.lab_mounts = {lab_mounts(settings)!r}
 c.LaunchPolicy.allowed_images = {images!r}
 # Only lab members (UIDs from {FIRST_UID}) get kernels, not the image's system accounts.
 c.LaunchPolicy.min_uid = {FIRST_UID}

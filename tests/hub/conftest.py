@@ -78,6 +78,7 @@ class Lab:
             "NETWORK": self.name,
             "HOMES_VOLUME": f"{self.name}-homedirs",
             "STATE_VOLUME": f"{self.name}-state",
+            "READONLY_VOLUME": f"{self.name}-readonly",
             "PORT": str(self.port),
             "BIND": "127.0.0.1",
             "HUB_IMAGE": self.image,
@@ -132,7 +133,7 @@ class Lab:
         ).stdout.split()  # fmt: skip
         if kernels:
             run("docker", "rm", "-f", *kernels, check=False)
-        for volume in (f"{self.name}-homedirs", f"{self.name}-state"):
+        for volume in (f"{self.name}-homedirs", f"{self.name}-state", f"{self.name}-readonly"):
             run("docker", "volume", "rm", "-f", volume, check=False)
         run("docker", "network", "rm", self.name, check=False)
 

@@ -139,20 +139,6 @@ def test_people_wait_for_approval(lab: Lab, admin: HubUser) -> None:
     assert alice.logged_in
 
 
-def test_approval_is_a_post_with_the_xsrf_token(lab: Lab, admin: HubUser) -> None:
-    lab.user("erin").signup()
-    admin.login()
-    # A link or an image (any GET, even from the hub's own origin) changes nothing.
-    for path in ("hub/authorize/erin", "hub/discard/erin"):
-        forged = admin.session.get(lab.url + path, headers={"Sec-Fetch-Site": "same-origin"})
-        assert forged.status_code == 405, (path, forged.status_code)
-    # A form posted without the XSRF token is refused too.
-    no_token = admin.session.post(lab.url + "hub/authorize/erin", data={"authorized": "yes"})
-    assert no_token.status_code == 403, no_token.status_code
-    assert "has not been authorized" in lab.user("erin").login().message
-    assert "waiting for approval" in admin.session.get(lab.url + "hub/authorize").text
-
-
 def test_login_messages(lab: Lab, admin: HubUser) -> None:
     alice = lab.user("alice")
     long = alice.login(password="x" * 73)

@@ -101,15 +101,18 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_kernelspec_and_broker_config_follow_the_settings() -> None:
-    lab = LabSettings(name="lab2", homes_volume="lab2-homedirs", network="lab2")
+    lab = LabSettings(
+        name="lab2", homes_volume="lab2-homedirs", readonly_volume="lab2-readonly", network="lab2"
+    )
     spec = startup.kernelspec(lab)
     config = spec["metadata"]["kernel_provisioner"]["config"]
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "labnotebook-docker"
     assert config["broker_socket"] == "/run/labnotebook/broker.sock"
-    assert config["volumes"] == ["lab2-homedirs:/home"] and config["network"] == "lab2"
+    mounts = ["lab2-homedirs:/home", "lab2-readonly:/home/shared/readonly"]
+    assert config["volumes"] == mounts and config["network"] == "lab2"
     broker = startup.broker_config(lab)
     compile(broker, "broker_config.py", "exec")
-    assert "c.LaunchPolicy.lab_mounts = ['lab2-homedirs:/home']" in broker
+    assert f"c.LaunchPolicy.lab_mounts = {mounts!r}" in broker
     assert "c.LaunchPolicy.network = 'lab2'" in broker
     server = startup.server_config(lab)
     assert server["MappingKernelManager"]["cull_idle_timeout"] == lab.kernel_idle_timeout
