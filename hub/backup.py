@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .settings import HOMES_DIR, STATE_DIR
+from .settings import HOMES_DIR, READONLY_DIR, SHARED_DIR, STATE_DIR
 
 MANIFEST = "labnotebook-backup.json"
 FORMAT = 1
@@ -81,7 +81,20 @@ def create(out: int) -> None:
 
 
 def _is_empty(path: Path) -> bool:
-    return not any(p for p in path.iterdir() if p.name != "lost+found")
+    """Nothing but what Docker makes for mounts: lost+found, and on /home the empty folders
+    on the way to the readonly volume's mount point (/home/shared/readonly)."""
+    for entry in path.iterdir():
+        if entry.name == "lost+found":
+            continue
+        mount_path_only = (
+            path == HOMES_DIR
+            and entry == SHARED_DIR
+            and not entry.is_symlink()
+            and all(p == READONLY_DIR and not any(p.iterdir()) for p in entry.iterdir())
+        )
+        if not mount_path_only:
+            return False
+    return True
 
 
 def restore(source: int, force: bool) -> None:

@@ -25,7 +25,6 @@ permissions hold there.
 from __future__ import annotations
 
 import logging
-import os
 
 from . import safefs
 from .settings import ADMIN_GID, HOMES_DIR, LAB_GID, READONLY_DIR, SHARED_DIR
@@ -72,11 +71,18 @@ def apply_layout() -> list[str]:
     return warnings
 
 
+def _is_mount_point(path: str) -> bool:
+    """From the kernel's mount table: volumes on one file system share st_dev, so comparing
+    devices (os.path.ismount) cannot tell a volume mounted inside another."""
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == path for line in mounts if len(line.split()) > 4)
+
+
 def _readonly(shared: int) -> list[str]:
     try:
         with safefs.open_dir(READONLY_DIR.name, shared, create_mode=0o700) as readonly:
             warnings = []
-            if os.fstat(readonly).st_dev == os.fstat(shared).st_dev:
+            if not _is_mount_point(str(READONLY_DIR)):
                 warnings.append(
                     f"{READONLY_DIR} is not a mount point, so any member can rename it. "
                     "Start the hub with `make up`, which mounts the readonly volume there."

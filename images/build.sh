@@ -27,5 +27,22 @@ mkdir -p "$context/src"
     || find pyproject.toml README.md provisioner hub kernelspecs -type f -print0) \
     | (cd "$root" && xargs -0 cp --parents -t "$context/src")
 
+# One progress line per step; the whole output (pages of apt and pip) goes to a log file.
+logs="$root/build/logs"
+mkdir -p "$logs"
+log="$logs/$name.log"
+echo "Building $tag (full log: $log)"
 # --force-rm: the legacy builder otherwise leaves the failed step's container behind.
-docker build --force-rm --tag "$tag" "$@" "$context"
+set +e
+docker build --force-rm --tag "$tag" "$@" "$context" 2>&1 \
+    | tee "$log" \
+    | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' \
+    | cut -c1-110 | sed -u 's/^/  /'
+status=${PIPESTATUS[0]}
+set -e
+if [ "$status" -ne 0 ]; then
+    echo "error: building $tag failed; its last lines (the whole log is $log):" >&2
+    tail -n 25 "$log" >&2
+    exit "$status"
+fi
+echo "Built $tag"

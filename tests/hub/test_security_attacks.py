@@ -209,12 +209,13 @@ def test_a_registry_entry_that_collides_is_skipped_with_a_warning(
     )
     lab.exec("python3", "-c", add)
     try:
-        lab.make("down")
-        up = lab.make("up").stdout
+        restart(lab)
+        up = lab.make("up").stdout  # on a running hub: says so, and what needs attention
         assert "needs an admin's attention" in up and "'sasl' is a system group" in up, up
         assert "sudo chown -R NEWNAME" in up  # says how to fix it
         assert lab.user("alice").login().status == 302
         assert lab.exec("id", "-u", "alice").stdout.strip() != ""
+        assert lab.exec("id", "sasl", check=False).returncode != 0
     finally:
         lab.exec(
             "python3", "-c",
