@@ -11,7 +11,8 @@ export EXTRA_CA_CERT
 .DEFAULT_GOAL := help
 include hub/hub.mk
 
-.PHONY: help install images base-image kernel-image kernelspec test test-fast lint bench clean-kernels
+.PHONY: help install images base-image kernel-image kernelspec test test-fast lint bench \
+	clean-kernels lock audit
 
 help:
 	@echo "make up          start the lab hub (builds missing images); make down, logs,"
@@ -21,6 +22,8 @@ help:
 	@echo "make kernelspec  install the Docker Python kernelspec for this user"
 	@echo "make bench       kernel start/shutdown vs the Docker SDK floor, broker and hub figures"
 	@echo "make lint        ruff"
+	@echo "make lock        re-resolve the hub image's exact dependency versions"
+	@echo "make audit       ask PyPI's advisory data about the locked versions (needs network)"
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test,hub]'
@@ -52,6 +55,16 @@ test-fast: install
 
 bench: install images-if-missing
 	$(PYTHON) -m tests.bench
+
+lock: hub-image-if-missing
+	images/hub/lock.sh $(HUB_IMAGE)
+
+# pip-audit asks PyPI's vulnerability data about each exact version of the lock.
+audit:
+	@$(PYTHON) -m pip install -q pip-audit >/dev/null 2>&1 || { \
+		echo "make audit: cannot install pip-audit (no network to PyPI?)"; exit 1; }
+	$(PYTHON) -m pip_audit --vulnerability-service pypi --no-deps --disable-pip \
+		--requirement images/hub/requirements.lock
 
 clean-kernels:
 	labnotebook kernels prune --all

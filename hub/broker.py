@@ -123,6 +123,7 @@ class KernelBroker(Application):
         "socket": "KernelBroker.socket_path",
         "config": "KernelBroker.config_file",
         "f": "KernelBroker.config_file",
+        "config-dir": "KernelBroker.config_dir",
         "docker-host": "KernelBroker.docker_host",
         "network": "LaunchPolicy.network",
         "log-level": "Application.log_level",
@@ -140,7 +141,14 @@ class KernelBroker(Application):
         help="""Permissions of the socket. World-connectable by default: authorisation is by
         the caller's UID, as the operating system reports it.""",
     )
-    config_file = Unicode("", config=True, help="The broker's config file (.py or .json).")
+    config_file = Unicode("", config=True, help="The broker's config file (.json or .py).")
+    config_dir = Unicode(
+        "",
+        config=True,
+        help="""A drop-in folder of further config files (*.json, *.py), loaded after
+        config_file in name order, each adding to what came before: the lab hub's admins put
+        their policy (images, data mounts, limits) in /srv/state/broker.d.""",
+    )
     docker_host = Unicode(
         None,
         allow_none=True,
@@ -194,6 +202,11 @@ class KernelBroker(Application):
             self.load_config_file(
                 os.path.basename(self.config_file), path=os.path.dirname(self.config_file)
             )
+        if self.config_dir and os.path.isdir(self.config_dir):
+            for name in sorted(os.listdir(self.config_dir)):
+                if name.endswith((".json", ".py")) and not name.startswith("."):
+                    self.log.info("Loading %s", os.path.join(self.config_dir, name))
+                    self.load_config_file(name, path=self.config_dir)
         self.policy = LaunchPolicy(parent=self, log=self.log)
         if self.engine is None:
             self.engine = DockerEngine(self.docker_host)

@@ -34,9 +34,13 @@ JupyterHub kills whatever process has the PID it finds there."""
 STARTUP_WARNINGS = Path("/run/labnotebook/startup-warnings.txt")
 """What the last start could not do (a member's account, a displaced folder): `make up` prints
 it, and so does the hub's log."""
-BROKER_CONFIG = Path("/etc/labnotebook/broker_config.py")
-BROKER_OVERRIDES = STATE_DIR / "broker_config.py"
-"""Optional admin additions to the broker policy (e.g. more images or data mounts)."""
+BROKER_CONFIG = Path("/etc/labnotebook/broker.json")
+"""The broker's configuration from the operator's settings, as data; written at every start."""
+BROKER_DROPINS = STATE_DIR / "broker.d"
+"""The admin's additions to the broker policy (more images, data mounts, limits): *.json or
+*.py files, loaded after BROKER_CONFIG in name order, on the state volume."""
+LEGACY_BROKER_OVERRIDES = STATE_DIR / "broker_config.py"
+"""Where admins' additions lived before broker.d; moved into it at the next start."""
 HUB_OVERRIDES = STATE_DIR / "jupyterhub_config.py"
 """Optional admin additions to the JupyterHub configuration, loaded last."""
 MOUNTED_TLS_DIR = Path("/srv/tls")

@@ -27,11 +27,12 @@ from . import sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
     BROKER_CONFIG,
-    BROKER_OVERRIDES,
+    BROKER_DROPINS,
     BROKER_SOCKET,
     ENGINE_SOCKET,
     FIRST_UID,
     KERNELSPEC_DIR,
+    LEGACY_BROKER_OVERRIDES,
     PROXY_PID_FILE,
     READONLY_DIR,
     STARTUP_WARNINGS,
@@ -139,28 +140,35 @@ def server_config(settings: LabSettings) -> dict[str, Any]:
     }
 
 
-def broker_config(settings: LabSettings) -> str:
-    images = sorted({"labnotebook/*", settings.kernel_image})
-    return f"""\
-# Written by labnotebook at every start from the hub's settings; do not edit here.
-# Admins add to the policy in {BROKER_OVERRIDES} (on the state volume), e.g.
-#   c.LaunchPolicy.allowed_images.append("mylab/*")
-#   c.LaunchPolicy.allowed_mounts = ["/data/raw:/data:ro"]
-import os
+def broker_config(settings: LabSettings) -> dict[str, Any]:
+    """The broker's configuration from the operator's settings: data, not generated code.
 
-c.KernelBroker.docker_host = {f"unix://{ENGINE_SOCKET}"!r}
-c.LaunchPolicy.network = {settings.network!r}
-c.LaunchPolicy.lab_mounts = {lab_mounts(settings)!r}
-c.LaunchPolicy.allowed_images = {images!r}
-# Only lab members (UIDs from {FIRST_UID}) get kernels, not the image's system accounts.
-c.LaunchPolicy.min_uid = {FIRST_UID}
+    Admins add to it with files in broker.d (see BROKER_DROPINS), e.g. 50-data.json with
+    {"LaunchPolicy": {"allowed_mounts": ["/data/raw:/data:ro"]}}, or a .py file with
+    c.LaunchPolicy.allowed_images.append("mylab/*") to extend a list.
+    """
+    return {
+        "KernelBroker": {"docker_host": f"unix://{ENGINE_SOCKET}"},
+        "LaunchPolicy": {
+            "network": settings.network,
+            "lab_mounts": lab_mounts(settings),
+            "allowed_images": sorted({"labnotebook/*", settings.kernel_image}),
+            # Only lab members (UIDs from FIRST_UID) get kernels, not the image's system
+            # accounts.
+            "min_uid": FIRST_UID,
+        },
+    }
 
-# Run in this namespace (not load_subconfig, which replaces whole values): an override's
-# c.LaunchPolicy.allowed_images.append(...) extends the lab's list.
-if os.path.exists({str(BROKER_OVERRIDES)!r}):
-    with open({str(BROKER_OVERRIDES)!r}) as overrides:
-        exec(compile(overrides.read(), {str(BROKER_OVERRIDES)!r}, "exec"))
-"""
+
+def prepare_broker_dropins() -> list[str]:
+    """The admin's drop-in folder; an old single overrides file moves into it."""
+    BROKER_DROPINS.mkdir(mode=0o700, exist_ok=True)
+    if LEGACY_BROKER_OVERRIDES.is_file() and not LEGACY_BROKER_OVERRIDES.is_symlink():
+        target = BROKER_DROPINS / "50-broker_config.py"
+        if not target.exists():
+            os.replace(LEGACY_BROKER_OVERRIDES, target)
+            return [f"Moved {LEGACY_BROKER_OVERRIDES} to {target} (broker.d is read in order)."]
+    return []
 
 
 def main() -> None:
@@ -174,6 +182,7 @@ def main() -> None:
     members, warnings = users.restore_all(settings.private_homes)
     log.info("Restored %d lab account(s) from the registry", len(members))
     warnings += sharing.apply_layout()
+    warnings += prepare_broker_dropins()
     report_warnings(warnings)
     write_sudoers(settings.admin_sudo_nopasswd)
     if not settings.plain_http:
@@ -181,7 +190,7 @@ def main() -> None:
         log.info("TLS certificate: %s%s", cert.cert, " (self-signed)" if cert.self_signed else "")
     _write(KERNELSPEC_DIR / "kernel.json", json.dumps(kernelspec(settings), indent=2) + "\n")
     _write(SERVER_CONFIG, json.dumps(server_config(settings), indent=2) + "\n")
-    _write(BROKER_CONFIG, broker_config(settings), 0o600)
+    _write(BROKER_CONFIG, json.dumps(broker_config(settings), indent=2) + "\n", 0o600)
 
 
 if __name__ == "__main__":

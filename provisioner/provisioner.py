@@ -20,7 +20,6 @@ import string
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from string import Template
 from typing import Any, TypeVar
 
 import zmq
@@ -65,11 +64,11 @@ T = TypeVar("T")
 # Own pool: kernels must not starve (or be starved by) the loop's default executor.
 _DOCKER_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="labnotebook-docker")
 
-# ipykernel >= 7 exits at start when JPY_PARENT_PID names a process it cannot see (our init).
 _reaped = False
 # How often a starting kernel's container is checked for an early exit.
 STATE_CHECK_INTERVAL = 0.4
 
+# ipykernel >= 7 exits at start when JPY_PARENT_PID names a process it cannot see (our init).
 _NEVER_PASSED = frozenset({"JPY_PARENT_PID", "PYTHONEXECUTABLE"})
 
 
@@ -379,17 +378,20 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         identity.refuse_root(self.allow_root)
         return identity
 
-    def _environment(self, server_env: dict[str, str], identity: KernelIdentity) -> dict[str, str]:
-        env = {k: server_env[k] for k in self.env_allowlist if k in server_env}
-        for key, value in (self.kernel_spec.env if self.kernel_spec else {}).items():
-            env[key] = Template(value).safe_substitute(server_env)
-        env.update(identity.environment())
-        for key in _NEVER_PASSED:
-            env.pop(key, None)
-        return env
+    def _finalize_env(self, env: dict[str, str]) -> None:
+        """jupyter_client's hook on the kernel's environment: the base class's `pre_launch`
+        hands over the server's whole environment (with the kernelspec's `env` substituted
+        into it), which holds the server's secrets (JUPYTERHUB_API_TOKEN, JPY_API_TOKEN, ...).
+        Only the kernelspec's own variables and `env_allowlist` go on into the container."""
+        super()._finalize_env(env)
+        wanted = set(self.env_allowlist) | set(self.kernel_spec.env if self.kernel_spec else {})
+        for key in list(env):
+            if key not in wanted or key in _NEVER_PASSED:
+                del env[key]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Build the container spec: identity, mounts, env, ports and the connection file."""
+        kwargs = await super().pre_launch(**kwargs)  # the environment, via _finalize_env
         if not self.image:
             raise KernelConfigError(
                 f"The kernelspec {self._kernel_name()!r} uses the labnotebook-docker provisioner "
@@ -434,7 +436,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         working_dir = container_path(str(cwd), mounts, self.path_translations) if cwd else None
         self._cwd = working_dir or identity.home
 
-        server_env = kwargs.pop("env", None) or dict(os.environ)
+        env = {**kwargs.pop("env"), **identity.environment()}
         spec = KernelContainerSpec(
             kernel_id=self.kernel_id or str(uuid.uuid4()),
             kernel_name=self._kernel_name(),
@@ -442,7 +444,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             argv=argv,
             identity=identity,
             connection=connection,
-            env=self._environment(server_env, identity),
+            env=env,
             working_dir=self._cwd,
             mounts=mounts,
             network=self.network,
@@ -558,7 +560,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 )
                 writer.close()
                 return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             now = loop.time()
             if state_check is not None and state_check.done():
@@ -614,7 +616,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if self._exit_watch is not None:
             try:
                 code = await asyncio.wait_for(asyncio.shield(self._exit_watch), 0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             except EngineUnreachable:
                 code = None

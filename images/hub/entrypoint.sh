@@ -23,7 +23,8 @@ if python3 -c "import labnotebook.hub.broker" 2>/dev/null; then
         while :; do
             python3 -m labnotebook.hub.broker \
                 --socket /run/labnotebook/broker.sock \
-                --config /etc/labnotebook/broker_config.py || true
+                --config /etc/labnotebook/broker.json \
+                --config-dir /srv/state/broker.d || true
             echo "labnotebook: the kernel broker exited; restarting it in 2 s" >&2
             sleep 2
         done' &

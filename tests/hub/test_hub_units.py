@@ -111,9 +111,9 @@ def test_kernelspec_and_broker_config_follow_the_settings() -> None:
     mounts = ["lab2-homedirs:/home", "lab2-readonly:/home/shared/readonly"]
     assert config["volumes"] == mounts and config["network"] == "lab2"
     broker = startup.broker_config(lab)
-    compile(broker, "broker_config.py", "exec")
-    assert f"c.LaunchPolicy.lab_mounts = {mounts!r}" in broker
-    assert "c.LaunchPolicy.network = 'lab2'" in broker
+    assert broker["LaunchPolicy"]["lab_mounts"] == mounts
+    assert broker["LaunchPolicy"]["network"] == "lab2"
+    json.dumps(broker)  # data, not code
     server = startup.server_config(lab)
     assert server["MappingKernelManager"]["cull_idle_timeout"] == lab.kernel_idle_timeout
 
@@ -154,16 +154,18 @@ def test_self_signed_certificate_names(tmp_path: Path) -> None:
     assert oct(cert.key.stat().st_mode & 0o777) == "0o600"
 
 
-def test_broker_overrides_extend_the_lab_policy(tmp_path: Path) -> None:
-    from traitlets.config.loader import PyFileConfigLoader
+def test_broker_dropins_extend_the_lab_policy(tmp_path: Path) -> None:
+    """The lab's settings as JSON, then the admin's broker.d files in name order."""
+    from labnotebook.hub.broker import KernelBroker
 
-    overrides = tmp_path / "overrides.py"
-    overrides.write_text('c.LaunchPolicy.allowed_images.append("mylab/*")\n')
-    text = startup.broker_config(LabSettings()).replace(
-        str(startup.BROKER_OVERRIDES), str(overrides)
-    )
-    (tmp_path / "broker_config.py").write_text(text)
-    config = PyFileConfigLoader("broker_config.py", path=str(tmp_path)).load_config()
-    assert config.LaunchPolicy.allowed_images[-1] == "mylab/*"
-    assert "labnotebook/*" in config.LaunchPolicy.allowed_images
-    assert config.LaunchPolicy.min_uid == FIRST_UID
+    (tmp_path / "broker.json").write_text(json.dumps(startup.broker_config(LabSettings())))
+    dropins = tmp_path / "broker.d"
+    dropins.mkdir()
+    (dropins / "50-images.py").write_text('c.LaunchPolicy.allowed_images.append("mylab/*")\n')
+    (dropins / "60-limits.json").write_text('{"LaunchPolicy": {"max_memory": "8g"}}')
+    (dropins / "README.txt").write_text("not a config file")
+    broker = KernelBroker(engine=object())
+    broker.initialize(["--config", str(tmp_path / "broker.json"), "--config-dir", str(dropins)])
+    assert broker.policy.allowed_images[-1] == "mylab/*"
+    assert "labnotebook/*" in broker.policy.allowed_images
+    assert broker.policy.min_uid == FIRST_UID and broker.policy.max_memory == "8g"

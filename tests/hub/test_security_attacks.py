@@ -288,3 +288,22 @@ def test_members_cannot_guess_passwords_locally(lab: Lab, admin: HubUser, alice:
         "sudo", "-S", "-k", "-p", "", "id", "-u", user="admin", stdin=PASSWORDS["admin"] + "\n"
     )
     assert unlocked.stdout.strip() == "0"
+
+
+# -- what a kernel inherits ---------------------------------------------------------------------
+
+
+def test_no_server_secret_reaches_a_kernel_in_the_hub(lab: Lab, alice: HubUser) -> None:
+    """The server holds JupyterHub's API token for alice: her kernels (whose environment any
+    code she runs, or any notebook she opens, can read) never get it."""
+    alice.login()
+    alice.start_server()
+    kernel = alice.start_kernel()
+    try:
+        result = alice.execute(kernel, "import json, os; print(json.dumps(sorted(os.environ)))")
+        names = json.loads(result.stdout)
+        leaked = [n for n in names if n.startswith(("JUPYTERHUB_", "JPY_")) or "TOKEN" in n]
+        assert not leaked, leaked
+        assert "HOME" in names and "USER" in names
+    finally:
+        alice.shutdown_kernel(kernel)
