@@ -64,6 +64,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode, default
 from traitlets.config import Application, catch_config_error
 
+from .addresses import AddressBook
 from .broker_policy import _TOKEN, LaunchPolicy, Peer
 
 T = TypeVar("T")
@@ -176,6 +177,13 @@ class KernelBroker(Application):
         it is refused with a message. None: no limit.""",
     )
     max_wait = Float(600.0, config=True, help="Longest a 'wait' request may block, in seconds.")
+    address_hold = Float(
+        300.0,
+        config=True,
+        help="""Seconds a removed kernel's address stays reserved for its owner and kernel
+        id, so a restart (remove, then launch the same kernel again) gets it back and no
+        other member's kernel can take it in between.""",
+    )
     reap_interval = Float(
         60.0,
         config=True,
@@ -220,6 +228,7 @@ class KernelBroker(Application):
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
+        self.addresses = AddressBook(self.policy.network, self.address_hold, self.log)
         self._kernel_locks: dict[int, threading.Lock] = {}
 
     def start(self) -> None:
@@ -461,7 +470,7 @@ class KernelBroker(Application):
             spec = self.policy.admit(peer, args["spec"])
             with self._reserve_kernel(peer.uid):
                 started = time.perf_counter()
-                launched = self.engine.launch(spec)
+                launched = self.addresses.launch(spec, peer.uid, self.engine)
                 return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
 
         result, engine_ms = await self._run(launch)
@@ -494,13 +503,13 @@ class KernelBroker(Application):
             with self._kernel_locks[uid]:
                 self._launching[uid] -= 1
 
-    def _owned(self, peer: Peer, container: str) -> str | None:
-        """The full ID of `container` if it is one of the peer's kernels; None if it is gone."""
-        try:
-            details = self.engine.call(self.engine.api.inspect_container, container)
-        except docker.errors.NotFound:
+    def _owned(self, peer: Peer, container: str) -> dict[str, Any] | None:
+        """The container if it is one of the peer's kernels (see DockerEngine.container);
+        None if it is gone."""
+        details = self.engine.container(container)
+        if details is None:
             return None
-        labels = details.get("Config", {}).get("Labels") or {}
+        labels = details["labels"]
         if labels.get(L.ROLE) != L.KERNEL_ROLE or (
             not peer.is_root and labels.get(L.OWNER_UID) != str(peer.uid)
         ):
@@ -508,14 +517,14 @@ class KernelBroker(Application):
                 f"Container {container} is not one of your kernels; you can only act on kernel "
                 "containers you started."
             )
-        return details["Id"]
+        return details
 
     async def _on_owned(
         self, peer: Peer, container: str, action: Callable[[str], T], missing: T, pool: Any = None
     ) -> dict[str, Any]:
         def checked() -> T:
-            container_id = self._owned(peer, _container_ref(container))
-            return missing if container_id is None else action(container_id)
+            details = self._owned(peer, _container_ref(container))
+            return missing if details is None else action(details["id"])
 
         return {"ok": True, "result": await self._run(checked, pool=pool)}
 
@@ -545,7 +554,19 @@ class KernelBroker(Application):
 
     async def _op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "remove", container=str)
-        return await self._on_owned(peer, args["container"], self.engine.remove, None)
+
+        def remove() -> None:
+            details = self._owned(peer, _container_ref(args["container"]))
+            if details is None:
+                return
+            self.engine.remove(details["id"])
+            self.addresses.release(
+                details["addresses"].get(self.policy.network, ""),
+                peer.uid,
+                details["labels"].get(L.KERNEL_ID, ""),
+            )
+
+        return {"ok": True, "result": await self._run(remove)}
 
     async def _op_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "logs", container=str, tail=(int, 20))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import ipaddress
 import posixpath
 import re
 import string
@@ -58,6 +59,8 @@ REVIEWED_FIELDS = frozenset(
         "name",  # IGNORED: recomputed from the user name and kernel id
         "init",  # the user's choice
         "allow_root",  # IGNORED: only the broker's allow_root decides
+        "ip",  # only an address the broker holds for this member's kernel (addresses.py)
+        "host_ports",  # refused with publish_ports: nothing is published on the host
     }
 )
 REQUIRED_FIELDS = ("kernel_id", "kernel_name", "image", "argv", "connection")
@@ -289,7 +292,15 @@ class LaunchPolicy(LoggingConfigurable):
                 f"Image pull policy {pull_policy!r} is not allowed in this lab (allowed: "
                 f"{', '.join(self.allowed_pull_policies)}). Set image_pull_policy accordingly."
             )
-        if request.get("publish_ports"):
+        ip = request.get("ip")
+        if ip is not None:
+            try:
+                ip = str(ipaddress.IPv4Address(_text("ip", ip, limit=15)))
+            except ValueError:
+                raise KernelConfigError(
+                    f"Kernel spec field 'ip' is not an address: {ip!r}"
+                ) from None
+        if request.get("publish_ports") or request.get("host_ports"):
             raise PermissionRefused(
                 "Kernels in this lab are reached on the kernel network, never on ports "
                 "published on the host. Set connect_via = 'container-ip' (the default)."
@@ -342,6 +353,7 @@ class LaunchPolicy(LoggingConfigurable):
             name=f"labnotebook-{_safe(identity.username)}-{kernel_id}",
             init=init,
             allow_root=(identity.uid == 0 or identity.gid == 0) and self.allow_root,
+            ip=ip,
         )
 
     def identity_of(self, peer: Peer) -> KernelIdentity:

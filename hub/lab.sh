@@ -69,8 +69,7 @@ cmd_up() {
     esac
     command -v curl >/dev/null || die "curl is needed to check that the hub is up"
     [ -S "$DOCKER_SOCKET" ] || die "no Docker socket at $DOCKER_SOCKET (set DOCKER_SOCKET=...)"
-    docker network inspect "$NETWORK" >/dev/null 2>&1 \
-        || docker network create --label "org.labnotebook.lab=$LAB" "$NETWORK" >/dev/null
+    ensure_network
     for volume in "$HOMES_VOLUME" "$STATE_VOLUME"; do
         docker volume inspect "$volume" >/dev/null 2>&1 \
             || docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
@@ -108,6 +107,35 @@ cmd_up() {
     docker run "${args[@]}" "$HUB_IMAGE" >/dev/null
     wait_ready
     print_welcome
+}
+
+# The lab's network has a configured subnet (the one the engine picks, pinned): Docker gives
+# a container a fixed address only there, and a restarted kernel keeps its address (clients
+# made before the restart find it again). A network from before (no pinned subnet) is made
+# again here when nothing is attached to it, which is the case at `make up` after a stop.
+ensure_network() {
+    if docker network inspect "$NETWORK" >/dev/null 2>&1; then
+        local pinned attached
+        pinned=$(docker network inspect -f '{{index .Labels "org.labnotebook.subnet"}}' "$NETWORK")
+        [ "$pinned" = configured ] && return 0
+        attached=$(docker network inspect -f '{{len .Containers}}' "$NETWORK")
+        if [ "$attached" != 0 ]; then
+            say "Note: the network $NETWORK has no configured subnet, so restarted kernels get"
+            say "new addresses. It is re-made at the next 'make down && make up'."
+            return 0
+        fi
+        say "Re-making the network $NETWORK with a configured subnet (kernels keep their"
+        say "address across restarts)"
+        docker network rm "$NETWORK" >/dev/null
+    fi
+    local probe="$NETWORK-subnet-probe" subnet gateway
+    docker network create "$probe" >/dev/null
+    subnet=$(docker network inspect -f '{{(index .IPAM.Config 0).Subnet}}' "$probe")
+    gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "$probe")
+    docker network rm "$probe" >/dev/null
+    docker network create --label "org.labnotebook.lab=$LAB" \
+        --label org.labnotebook.subnet=configured \
+        --subnet "$subnet" ${gateway:+--gateway "$gateway"} "$NETWORK" >/dev/null
 }
 
 # Labs from before the readonly volume kept /home/shared/readonly as a folder of the homes

@@ -22,6 +22,7 @@ import struct
 from typing import Any
 
 from .errors import (
+    AddressUnavailable,
     EngineUnreachable,
     GpuUnavailable,
     ImageNotAvailable,
@@ -60,6 +61,7 @@ ERROR_CLASSES: dict[str, type[KernelLaunchError]] = {
     cls.__name__: cls
     for cls in (
         KernelLaunchError,
+        AddressUnavailable,
         KernelConfigError,
         EngineUnreachable,
         ImageNotAvailable,

@@ -8,7 +8,9 @@ or removes whatever it created and raises a `KernelLaunchError` that says what t
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
+import random
 import tarfile
 import threading
 import time
@@ -19,10 +21,11 @@ from typing import Any, ClassVar, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool
 
 from . import labels as L
 from .errors import (
+    AddressUnavailable,
     EngineUnreachable,
     ImageNotAvailable,
     KernelConfigError,
@@ -188,19 +191,60 @@ class DockerEngine:
             if name in self._networks:
                 return
             if not self._networks_named(name):
-                try:
-                    self.api.create_network(name, driver="bridge", labels={L.ROLE: "network"})
-                except docker.errors.APIError as e:
-                    if not self._networks_named(name):
-                        raise KernelLaunchError(
-                            f"Could not create the kernel network {name!r}: {_engine_message(e)}"
-                        ) from None
-                # Another server may have created it at the same moment (Docker allows
-                # duplicate names): keep the oldest, remove the rest.
-                for extra in sorted(self._networks_named(name), key=lambda n: n["Created"])[1:]:
-                    with suppress(docker.errors.APIError):
-                        self.api.remove_network(extra["Id"])
+                self._create_network(name)
             self._networks.add(name)
+
+    def _create_network(self, name: str) -> None:
+        """Create the kernel network with the subnet the engine picks, pinned in its
+        configuration: Docker gives containers fixed addresses (a restarted kernel keeps its
+        old one) only on networks with a configured subnet, and letting the engine choose
+        from its address pools keeps clear of the ranges the site's admin set aside."""
+        try:
+            probe = self.api.create_network(f"{name}-subnet-probe", driver="bridge")
+            try:
+                ipam = self.api.inspect_network(probe["Id"])["IPAM"]["Config"][0]
+            finally:
+                self.api.remove_network(probe["Id"])
+            pool = IPAMPool(subnet=ipam["Subnet"], gateway=ipam.get("Gateway"))
+            self.api.create_network(
+                name, driver="bridge", ipam=IPAMConfig(pool_configs=[pool]),
+                labels={L.ROLE: "network", f"{L.PREFIX}.subnet": "configured"},
+            )  # fmt: skip
+        except docker.errors.APIError as e:
+            if not self._networks_named(name):
+                raise KernelLaunchError(
+                    f"Could not create the kernel network {name!r}: {_engine_message(e)}"
+                ) from None
+        # Another server may have created it at the same moment (Docker allows duplicate
+        # names): keep the oldest, remove the rest.
+        for extra in sorted(self._networks_named(name), key=lambda n: n["Created"])[1:]:
+            with suppress(docker.errors.APIError):
+                self.api.remove_network(extra["Id"])
+
+    def free_address(self, network: str, avoid: set[str]) -> str | None:
+        """An address on `network` that no container has and that is not in `avoid`; None
+        when the network has no IPv4 subnet. (Only fixed-address launches on a network with
+        a configured subnet can use it: see AddressUnavailable.)"""
+        with self._talking():
+            details = self.api.inspect_network(network)
+        configs = (details.get("IPAM") or {}).get("Config") or []
+        subnets = [c for c in configs if ":" not in c.get("Subnet", ":")]
+        if not subnets:
+            return None
+        subnet = ipaddress.ip_network(subnets[0]["Subnet"], strict=False)
+        taken = set(avoid) | {str(subnet.network_address), str(subnet.broadcast_address)}
+        if subnets[0].get("Gateway"):
+            taken.add(subnets[0]["Gateway"])
+        else:
+            taken.add(str(subnet.network_address + 1))  # Docker's default gateway
+        for container in (details.get("Containers") or {}).values():
+            taken.add(container.get("IPv4Address", "").split("/")[0])
+        size = subnet.num_addresses
+        for _ in range(256):
+            candidate = str(subnet.network_address + random.randrange(2, size - 1))
+            if candidate not in taken:
+                return candidate
+        return None
 
     def _networks_named(self, name: str) -> list[dict[str, Any]]:
         # The engine's name filter matches substrings; keep exact matches only.
@@ -223,8 +267,15 @@ class DockerEngine:
     def _create(self, spec: KernelContainerSpec, gpus: GpuRequest) -> str:
         identity = spec.identity
         port_bindings = (
-            {p: ("127.0.0.1", None) for p in spec.ports.values()} if spec.publish_ports else None
+            {port: ("127.0.0.1", spec.host_ports.get(name)) for name, port in spec.ports.items()}
+            if spec.publish_ports
+            else None
         )
+        networking = None
+        if spec.ip and not spec.publish_ports:
+            networking = self.api.create_networking_config(
+                {spec.network: self.api.create_endpoint_config(ipv4_address=spec.ip)}
+            )
         host_config = self.api.create_host_config(
             mounts=[m.docker_mount() for m in spec.mounts],
             network_mode=spec.network,
@@ -250,9 +301,14 @@ class DockerEngine:
                 name=spec.name,
                 host_config=host_config,
                 ports=list(spec.ports.values()) if spec.publish_ports else None,
+                networking_config=networking,
                 detach=True,
             )
         except docker.errors.APIError as e:
+            if _address_problem(_engine_message(e)):
+                raise AddressUnavailable(
+                    f"The kernel cannot have the address {spec.ip} again: {_engine_message(e)}"
+                ) from None
             if e.status_code == 409 and spec.name:
                 # A leftover of this same kernel (a crashed server, say): replace it.
                 self._remove_leftover(spec)
@@ -330,6 +386,10 @@ class DockerEngine:
             self.api.start(container_id)
         except docker.errors.APIError as e:
             message = _engine_message(e)
+            if (spec.ip or spec.host_ports) and _address_problem(message):
+                raise AddressUnavailable(
+                    f"The kernel cannot have its previous address again: {message}"
+                ) from None
             if gpus.wanted and is_gpu_driver_error(message):
                 raise gpu_unavailable(gpus, message) from None
             if "executable file not found" in message or "no such file or directory" in message:
@@ -368,6 +428,19 @@ class DockerEngine:
         )
 
     # -- running containers ----------------------------------------------------------------
+
+    def container(self, container: str) -> dict[str, Any] | None:
+        """A container's ID, labels and addresses (network -> IPv4); None once it is gone."""
+        try:
+            details = self.call(self.api.inspect_container, container)
+        except docker.errors.NotFound:
+            return None
+        networks = (details.get("NetworkSettings") or {}).get("Networks") or {}
+        return {
+            "id": details["Id"],
+            "labels": (details.get("Config") or {}).get("Labels") or {},
+            "addresses": {name: net.get("IPAddress") or "" for name, net in networks.items()},
+        }
 
     def state(self, container_id: str) -> ContainerState | None:
         """The container's state, or None if it no longer exists."""
@@ -428,6 +501,22 @@ class DockerEngine:
         if owner_uid is not None:
             filters.append(f"{L.OWNER_UID}={owner_uid}")
         return self.call(self.api.containers, all=True, filters={"label": filters})
+
+
+def _address_problem(message: str) -> bool:
+    """The engine's ways of saying a fixed address or host port cannot be had."""
+    lowered = message.lower()
+    return any(
+        phrase in lowered
+        for phrase in (
+            "user configured subnets",
+            "address already in use",
+            "no available ip",
+            "port is already allocated",
+            "invalid address",
+            "is not in",  # "... is not in the subnet of the network"
+        )
+    )
 
 
 def _snake(request: dict[str, Any]) -> dict[str, Any]:

@@ -36,5 +36,11 @@ class KernelDiedDuringStart(KernelLaunchError):
         self.logs = logs
 
 
+class AddressUnavailable(KernelLaunchError):
+    """The address asked for (a restarted kernel's old one) cannot be given to the container:
+    the network has no configured subnet, or the address is taken. The caller starts the
+    kernel on a new address instead, with new ports."""
+
+
 class PermissionRefused(KernelLaunchError, PermissionError):
     """A request would break the lab's security policy (root kernels, foreign containers...)."""

@@ -13,6 +13,7 @@ starts (no bind mount of a server path, so Docker-out-of-Docker and remote engin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import signal as signals
@@ -44,7 +45,13 @@ from traitlets import (
 
 from . import labels as L
 from .engine import PULL_POLICIES, DockerEngine
-from .errors import EngineUnreachable, KernelConfigError, KernelDiedDuringStart, KernelLaunchError
+from .errors import (
+    AddressUnavailable,
+    EngineUnreachable,
+    KernelConfigError,
+    KernelDiedDuringStart,
+    KernelLaunchError,
+)
 from .gpus import parse_gpus
 from .identity import KernelIdentity
 from .mounts import Mount, container_path
@@ -334,6 +341,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _exit_reported = False
     _exit_watch: asyncio.Future[int | None] | None = None
     _cwd: str | None = None
+    _previous: tuple[dict[str, Any], LaunchedContainer] | None = None
+    """The last launch's connection info and container: what a restart keeps."""
 
     @property
     def engine(self) -> KernelEngine:
@@ -409,22 +418,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         mounts = [Mount.parse(v, substitutions) for v in self.volumes]
         gpus = parse_gpus(self.gpus)
 
-        # Fresh ports on every launch: a restarted kernel is a new container with a new
-        # address, and jupyter_server re-creates its channels only when the ports change.
-        ports = random.sample(range(20000, 60000), len(PORT_NAMES))
-        key = km.session.key.decode() if km is not None else uuid.uuid4().hex
-        connection: dict[str, Any] = {
-            "ip": "0.0.0.0",
-            "transport": "tcp",
-            "key": key,
-            "signature_scheme": km.session.signature_scheme if km is not None else "hmac-sha256",
-            "kernel_name": self._kernel_name(),
-            **dict(zip(PORT_NAMES, ports, strict=True)),
-        }
-        if self._curve_wanted():
-            public, secret = zmq.curve_keypair()
-            connection["curve_publickey"] = public.decode("ascii")
-            connection["curve_secretkey"] = secret.decode("ascii")
+        connection, address, host_ports = self._connection_for_launch(km)
         extra_arguments = kwargs.pop("extra_arguments", [])
         argv = [
             a.replace("{connection_file}", CONNECTION_FILE)
@@ -465,10 +459,47 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             name=f"labnotebook-{_safe(identity.username)}-{self.kernel_id}",
             init=self.init,
             allow_root=self.allow_root,
+            ip=address,
+            host_ports=host_ports,
         )
         kwargs["spec"] = spec
         kwargs["cmd"] = argv
         return kwargs
+
+    def _connection_for_launch(self, km: Any) -> tuple[dict[str, Any], str | None, dict[str, int]]:
+        """The connection info, and the address and host ports to ask for.
+
+        A restart keeps everything, as jupyter_client's LocalProvisioner does: the ports, the
+        key, the curve keys, and (new here, since each launch is a new container) the
+        container's address, so every client made before the restart - `jupyter console`,
+        nbclient, papermill, `km.client()` - finds the kernel again. A first start, or a
+        restart with new ports (`restart_kernel(newports=True)` clears the manager's ports),
+        gets fresh ones.
+        """
+        previous = self._previous
+        if previous is not None and (km is None or getattr(km, "shell_port", 0)):
+            connection, launched = previous
+            if self.connect_via == "published-ports":
+                return dict(connection), None, dict(launched.ports)
+            return dict(connection), launched.ip, {}
+        return self._fresh_connection(km), None, {}
+
+    def _fresh_connection(self, km: Any) -> dict[str, Any]:
+        ports = random.sample(range(20000, 60000), len(PORT_NAMES))
+        key = km.session.key.decode() if km is not None else uuid.uuid4().hex
+        connection: dict[str, Any] = {
+            "ip": "0.0.0.0",
+            "transport": "tcp",
+            "key": key,
+            "signature_scheme": km.session.signature_scheme if km is not None else "hmac-sha256",
+            "kernel_name": self._kernel_name(),
+            **dict(zip(PORT_NAMES, ports, strict=True)),
+        }
+        if self._curve_wanted():
+            public, secret = zmq.curve_keypair()
+            connection["curve_publickey"] = public.decode("ascii")
+            connection["curve_secretkey"] = secret.decode("ascii")
+        return connection
 
     def _curve_wanted(self) -> bool:
         declared = (self.kernel_spec.metadata or {}).get("supported_encryption") or []
@@ -495,7 +526,20 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self._shutting_down = False
         self._exit_reported = False
         self._exit_watch = None
-        launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
+        try:
+            launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
+        except AddressUnavailable as e:
+            # Never the same ports on a new address: jupyter_server rebuilds its channels only
+            # when the ports change, and a client that kept the old address would hang.
+            self.log.warning(
+                "Kernel %s restarts on a new address and new ports: %s", self.kernel_id, e
+            )
+            fresh = self._fresh_connection(self.parent)
+            if "curve_secretkey" in spec.connection:
+                fresh["curve_publickey"] = spec.connection["curve_publickey"]
+                fresh["curve_secretkey"] = spec.connection["curve_secretkey"]
+            spec = dataclasses.replace(spec, connection=fresh, ip=None, host_ports={})
+            launched = await in_thread(self.engine.launch, spec)
         self.container_id = launched.container_id
         self.container_name = launched.name
         try:
@@ -515,6 +559,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             spec.image,
             f", {launched.gpus}" if launched.gpus else "",
         )
+        self._previous = (dict(spec.connection), launched)
         info = dict(spec.connection)
         info.update(launched.ports)
         info["ip"] = launched.ip

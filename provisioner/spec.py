@@ -42,6 +42,12 @@ class KernelContainerSpec:
     name: str | None = None
     init: bool = True
     allow_root: bool = False
+    ip: str | None = None
+    """The address the container must have on `network` (a restarted kernel keeps its old
+    one); None: any. Docker gives fixed addresses only on networks with a configured subnet."""
+    host_ports: dict[str, int] = field(default_factory=dict)
+    """With publish_ports: the host ports to publish on (a restarted kernel keeps its old
+    ones); empty: any free ones."""
 
     @property
     def ports(self) -> dict[str, int]:
