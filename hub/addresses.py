@@ -38,7 +38,7 @@ class AddressBook:
         self.hold = hold
         self.log = log
         self._holds: dict[str, _Hold] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # launch() holds it while held() takes it again
         self._fixed_addresses = True
         """False once the engine refused a fixed address on this network (no configured
         subnet): launches then take whatever address Docker gives."""

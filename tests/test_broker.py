@@ -27,10 +27,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import docker
@@ -342,10 +341,6 @@ class FakeEngine:
     def __init__(self) -> None:
         self.containers: dict[str, dict[str, Any]] = {}
         self.signals: list[tuple[str, int]] = []
-        self.api = SimpleNamespace(inspect_container=self._inspect)
-
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
 
     def info(self) -> dict[str, Any]:
         return {}
@@ -353,29 +348,38 @@ class FakeEngine:
     def where(self) -> str:
         return "fake://"
 
-    def add(self, labels: dict[str, str], name: str = "") -> str:
+    def add(self, labels: dict[str, str], name: str = "", ip: str = "10.9.8.7") -> str:
         container_id = uuid.uuid4().hex * 2
         name = name or f"c-{container_id[:8]}"
         self.containers[container_id] = {"Id": container_id, "Names": [f"/{name}"],
-                                         "Labels": labels, "running": True}  # fmt: skip
+                                         "Labels": labels, "running": True, "ip": ip}  # fmt: skip
         return container_id
 
     def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
         if spec.argv[0] == "die":
             raise KernelDiedDuringStart("The kernel died (exit code 3).", exit_code=3, logs="boom")
         time.sleep(float(spec.env.get("FAKE_DELAY", 0)))
-        container_id = self.add(spec.labels, spec.name or "")
-        return LaunchedContainer(container_id, spec.name or "", "10.9.8.7", spec.ports)
+        ip = spec.ip or "10.9.8.7"
+        container_id = self.add(spec.labels, spec.name or "", ip)
+        return LaunchedContainer(container_id, spec.name or "", ip, spec.ports)
+
+    def free_address(self, network: str, avoid: set[str]) -> str | None:
+        used = avoid | {c["ip"] for c in self.containers.values()}
+        return next(f"10.9.8.{n}" for n in range(10, 250) if f"10.9.8.{n}" not in used)
+
+    def container(self, ref: str) -> dict[str, Any] | None:
+        try:
+            found = self._find(ref)
+        except docker.errors.NotFound:
+            return None
+        return {"id": found["Id"], "labels": found["Labels"],
+                "addresses": {"labnotebook": found["ip"]}}  # fmt: skip
 
     def _find(self, ref: str) -> dict[str, Any]:
         for container in self.containers.values():
             if container["Id"].startswith(ref) or container["Names"][0] == f"/{ref}":
                 return container
         raise docker.errors.NotFound(f"No such container: {ref}")
-
-    def _inspect(self, ref: str) -> dict[str, Any]:
-        container = self._find(ref)
-        return {"Id": container["Id"], "Config": {"Labels": container["Labels"]}}
 
     def state(self, container_id: str) -> ContainerState | None:
         container = self.containers.get(container_id)
@@ -466,7 +470,8 @@ async def test_client_speaks_for_this_process_and_maps_errors(fake_broker: InPro
 
     spec = KernelContainerSpec.from_json(kernel_spec())
     launched = await asyncio.to_thread(client.launch, spec)
-    assert isinstance(launched, LaunchedContainer) and launched.ip == "10.9.8.7"
+    # The broker gives the kernel its address itself (see hub/addresses.py).
+    assert isinstance(launched, LaunchedContainer) and launched.ip.startswith("10.9.8.")
     assert launched.ports == spec.ports
     state = await asyncio.to_thread(client.state, launched.container_id)
     assert state == ContainerState(True, None)

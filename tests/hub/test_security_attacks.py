@@ -307,3 +307,34 @@ def test_no_server_secret_reaches_a_kernel_in_the_hub(lab: Lab, alice: HubUser) 
         assert "HOME" in names and "USER" in names
     finally:
         alice.shutdown_kernel(kernel)
+
+
+# -- kernel addresses ---------------------------------------------------------------------------
+
+
+def _kernel_address(lab: Lab, kernel_id: str) -> str:
+    ids = run(
+        "docker", "ps", "-q", "--filter", f"label=org.labnotebook.kernel-id={kernel_id}"
+    ).stdout.split()  # fmt: skip
+    assert len(ids) == 1, ids
+    return run(
+        "docker", "inspect", "-f",
+        f"{{{{(index .NetworkSettings.Networks {lab.name!r}).IPAddress}}}}".replace("'", '"'),
+        ids[0],
+    ).stdout.strip()  # fmt: skip
+
+
+def test_a_restarted_kernel_keeps_its_address_through_the_broker(lab: Lab, alice: HubUser) -> None:
+    alice.login()
+    alice.start_server()
+    kernel = alice.start_kernel()
+    try:
+        assert alice.execute(kernel, "x = 1", timeout=120).status == "ok"
+        before = _kernel_address(lab, kernel)
+        reply = alice.server_api("POST", f"kernels/{kernel}/restart")
+        assert reply.status_code == 200, reply.text
+        assert _kernel_address(lab, kernel) == before
+        result = alice.execute(kernel, "print('x' in globals())", timeout=120)
+        assert result.stdout.strip() == "False"  # a fresh kernel, same address
+    finally:
+        alice.shutdown_kernel(kernel)
