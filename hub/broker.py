@@ -16,15 +16,18 @@ and point users' servers at it with ``c.DockerKernelProvisioner.broker_socket``.
 protocol is in `labnotebook.provisioner.broker_protocol`; the client is
 `labnotebook.provisioner.broker_client.BrokerEngine`.
 
-The Docker SDK blocks, so every engine call runs in a thread pool while the asyncio loop keeps
-serving: one slow launch (a cold image, a busy engine) does not hold up anybody else's.
+This module is the broker's transport: the socket, the callers' credentials, per-user limits
+on connections and requests, one audit line per request, and draining at stop. What each
+request does is `broker_operations.BrokerOperations`'s; what a launch may become is
+`broker_policy.LaunchPolicy`'s. The Docker SDK blocks, so every engine call runs in a thread
+pool while the asyncio loop keeps serving: one slow launch (a cold image, a busy engine) does
+not hold up anybody else's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import grp
 import json
 import logging
@@ -33,19 +36,14 @@ import pwd
 import signal
 import socket
 import stat
-import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, TypeVar
 
 import docker.errors
 from labnotebook.provisioner import __version__
-from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.broker_protocol import (
-    ALLOWED_SIGNALS,
     DEFAULT_SOCKET,
     MAX_LINE,
     OPS,
@@ -55,7 +53,6 @@ from labnotebook.provisioner.broker_protocol import (
 )
 from labnotebook.provisioner.engine import DockerEngine
 from labnotebook.provisioner.errors import (
-    EngineUnreachable,
     KernelConfigError,
     KernelLaunchError,
     PermissionRefused,
@@ -64,8 +61,8 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode, default
 from traitlets.config import Application, catch_config_error
 
-from .addresses import AddressBook
-from .broker_policy import _TOKEN, LaunchPolicy, Peer
+from .broker_operations import BrokerOperations, username
+from .broker_policy import LaunchPolicy, Peer
 
 T = TypeVar("T")
 _NOT_GIVEN = object()
@@ -73,44 +70,9 @@ _NOT_GIVEN = object()
 QUIET_OPS = frozenset({"state", "logs"})
 
 
-def _username(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
-
-
 def _printable(text: str, limit: int) -> str:
     """For the log: what a request says, cut short, with no way to forge log lines."""
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
-
-
-def _arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
-    """The op's arguments, checked: `fields` maps name -> type, or (type, default)."""
-    unknown = set(request) - set(fields) - {"op"}
-    if unknown:
-        raise KernelConfigError(
-            f"The broker's {op!r} takes no {', '.join(sorted(map(repr, unknown)))}. (Who is "
-            "asking is never part of a request: the broker asks the operating system.)"
-        )
-    values = {}
-    for name, kind in fields.items():
-        kind, default = kind if isinstance(kind, tuple) else (kind, _NOT_GIVEN)
-        value = request.get(name, default)
-        if value is _NOT_GIVEN:
-            raise KernelConfigError(f"The broker's {op!r} needs {name!r}.")
-        if value is not None and (
-            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
-        ):
-            raise KernelConfigError(f"The broker's {op!r}: {name!r} has the wrong type.")
-        values[name] = value
-    return values
-
-
-def _container_ref(value: str) -> str:
-    if not _TOKEN.match(value):
-        raise KernelConfigError(f"{value!r} is not a container ID or name.")
-    return value
 
 
 class KernelBroker(Application):
@@ -218,18 +180,21 @@ class KernelBroker(Application):
         self.policy = LaunchPolicy(parent=self, log=self.log)
         if self.engine is None:
             self.engine = DockerEngine(self.docker_host)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="broker-docker")
-        # Waits block for long; they get their own threads so they never delay launches.
-        self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
+        self.operations = BrokerOperations(
+            engine=self.engine,
+            policy=self.policy,
+            log=self.log,
+            workers=self.workers,
+            max_kernels_per_user=self.max_kernels_per_user,
+            max_wait=self.max_wait,
+            address_hold=self.address_hold,
+        )
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._connections: dict[int, int] = defaultdict(int)
         # Open connections -> whether a request on it is being carried out right now.
         self._busy: dict[asyncio.StreamWriter, bool] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
-        self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
-        self.addresses = AddressBook(self.policy.network, self.address_hold, self.log)
-        self._kernel_locks: dict[int, threading.Lock] = {}
 
     def start(self) -> None:
         asyncio.run(self.serve())
@@ -254,7 +219,7 @@ class KernelBroker(Application):
             ", ".join(self.policy.allowed_images),
             ", ".join(self.policy.lab_mounts) or "none",
         )
-        await self._run(self._check_engine)
+        await self.operations.run(self._check_engine)
         reaper = asyncio.create_task(self._reap_forever()) if self.reap_interval > 0 else None
         try:
             await stop.wait()
@@ -265,8 +230,7 @@ class KernelBroker(Application):
                 reaper.cancel()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._wait_pool.shutdown(wait=False, cancel_futures=True)
+            self.operations.shutdown()
             self.log.info("Kernel broker stopped.")
 
     async def _drain(self) -> None:
@@ -354,7 +318,7 @@ class KernelBroker(Application):
             self._handlers.add(task)
         try:
             if self._connections[peer.uid] > self.max_connections_per_user:
-                self.log.warning("%s has too many connections open", _username(peer.uid))
+                self.log.warning("%s has too many connections open", username(peer.uid))
                 refusal = PermissionRefused(
                     "Too many connections to the kernel broker from this user."
                 )
@@ -415,7 +379,7 @@ class KernelBroker(Application):
             if op == "launch" and isinstance(request.get("spec"), dict):
                 target = "kernel " + _printable(str(request["spec"].get("kernel_id")), 40)
             async with self._user_slot(peer.uid):
-                response = await getattr(self, f"_op_{op}")(peer, request)
+                response = await self.operations.handler(op)(peer, request)
             if op == "launch":
                 target = response["result"]["name"]
             return response
@@ -437,7 +401,7 @@ class KernelBroker(Application):
             self.log.log(
                 level,
                 "%s(%d) pid %d %s %s: %s in %.1f ms",
-                _username(peer.uid),
+                username(peer.uid),
                 peer.uid,
                 peer.pid,
                 op,
@@ -446,195 +410,11 @@ class KernelBroker(Application):
                 (time.perf_counter() - started) * 1000,
             )
 
-    async def _run(self, fn: Callable[..., T], *args: Any, pool: Any = None) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool or self._pool, partial(fn, *args))
-
-    # -- operations --------------------------------------------------------------------------
-
-    async def _op_hello(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        _arguments(request, "hello")
-        return {
-            "ok": True,
-            "result": {
-                "broker": __version__,
-                "peer": {**peer._asdict(), "username": _username(peer.uid)},
-                "network": self.policy.network,
-            },
-        }
-
-    async def _op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "launch", spec=dict)
-
-        def launch() -> tuple[dict[str, Any], float]:
-            spec = self.policy.admit(peer, args["spec"])
-            with self._reserve_kernel(peer.uid):
-                started = time.perf_counter()
-                launched = self.addresses.launch(spec, peer.uid, self.engine)
-                return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
-
-        result, engine_ms = await self._run(launch)
-        return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
-
-    @contextlib.contextmanager
-    def _reserve_kernel(self, uid: int) -> Iterator[None]:
-        """Hold one of the user's max_kernels_per_user places while their launch runs.
-
-        Counting and reserving happen under the user's lock, so concurrent launches cannot
-        all see room for one more. (A launch that has created its container counts twice
-        until it returns: near the cap, concurrent launches err on the side of refusing.)
-        """
-        cap = self.max_kernels_per_user
-        if cap is None:
-            yield
-            return
-        with self._kernel_locks.setdefault(uid, threading.Lock()):
-            existing = len(self.engine.kernel_containers(uid))
-            if existing + self._launching[uid] >= cap:
-                raise PermissionRefused(
-                    f"You already have {existing + self._launching[uid]} kernel containers; "
-                    f"the most this lab allows per user is {cap}. Shut down kernels you no "
-                    "longer use."
-                )
-            self._launching[uid] += 1
-        try:
-            yield
-        finally:
-            with self._kernel_locks[uid]:
-                self._launching[uid] -= 1
-
-    def _owned(self, peer: Peer, container: str) -> dict[str, Any] | None:
-        """The container if it is one of the peer's kernels (see DockerEngine.container);
-        None if it is gone."""
-        details = self.engine.container(container)
-        if details is None:
-            return None
-        labels = details["labels"]
-        if labels.get(L.ROLE) != L.KERNEL_ROLE or (
-            not peer.is_root and labels.get(L.OWNER_UID) != str(peer.uid)
-        ):
-            raise PermissionRefused(
-                f"Container {container} is not one of your kernels; you can only act on kernel "
-                "containers you started."
-            )
-        return details
-
-    async def _on_owned(
-        self, peer: Peer, container: str, action: Callable[[str], T], missing: T, pool: Any = None
-    ) -> dict[str, Any]:
-        def checked() -> T:
-            details = self._owned(peer, _container_ref(container))
-            return missing if details is None else action(details["id"])
-
-        return {"ok": True, "result": await self._run(checked, pool=pool)}
-
-    async def _op_state(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "state", container=str)
-
-        def state(container_id: str) -> dict[str, Any] | None:
-            current = self.engine.state(container_id)
-            return dataclasses.asdict(current) if current is not None else None
-
-        return await self._on_owned(peer, args["container"], state, None)
-
-    async def _op_signal(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "signal", container=str, signal=int)
-        if args["signal"] not in ALLOWED_SIGNALS:
-            names = (signal.Signals(s).name if s else "0" for s in sorted(ALLOWED_SIGNALS))
-            raise PermissionRefused(
-                f"Signal {args['signal']} cannot be sent to kernels through the broker (allowed: "
-                f"{', '.join(names)})."
-            )
-
-        def send(container_id: str) -> None:
-            if args["signal"] != 0:  # 0 only asks whether the kernel is there: checked already
-                self.engine.signal(container_id, args["signal"])
-
-        return await self._on_owned(peer, args["container"], send, None)
-
-    async def _op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "remove", container=str)
-
-        def remove() -> None:
-            details = self._owned(peer, _container_ref(args["container"]))
-            if details is None:
-                return
-            self.engine.remove(details["id"])
-            self.addresses.release(
-                details["addresses"].get(self.policy.network, ""),
-                peer.uid,
-                details["labels"].get(L.KERNEL_ID, ""),
-            )
-
-        return {"ok": True, "result": await self._run(remove)}
-
-    async def _op_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "logs", container=str, tail=(int, 20))
-        tail = max(0, min(args["tail"], 2_000))
-        return await self._on_owned(
-            peer, args["container"], lambda cid: self.engine.logs(cid, tail)[-(MAX_LINE // 2) :], ""
-        )
-
-    async def _op_wait(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "wait", container=str, timeout=((int, float), 60.0))
-        timeout = max(0.0, min(float(args["timeout"]), self.max_wait))
-        return await self._on_owned(
-            peer, args["container"], lambda cid: self._wait(cid, timeout), -1, pool=self._wait_pool
-        )
-
-    def _wait(self, container_id: str, timeout: float) -> int | None:
-        try:
-            return self.engine.wait(container_id, timeout)
-        except EngineUnreachable:
-            # DockerEngine.wait reports a wait that merely timed out as EngineUnreachable
-            # (docker-py's Unix socket adapter raises ConnectionError for read timeouts).
-            # Ask again: if Docker is really down, this raises the same error.
-            state = self.engine.state(container_id)
-            if state is None:
-                return -1
-            return None if state.running else state.exit_code
-
-    async def _op_list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "list", owner_uid=(int, None))
-        owner = args["owner_uid"]
-        if not peer.is_root:
-            if owner is not None and owner != peer.uid:
-                raise PermissionRefused("You can only list your own kernels.")
-            owner = peer.uid
-        return {"ok": True, "result": await self._run(self.engine.kernel_containers, owner)}
-
-    async def _op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        _arguments(request, "reap")
-        if not peer.is_root:
-            raise PermissionRefused("Only root may ask the broker to reap kernels.")
-        return {"ok": True, "result": await self._run(self.reap)}
-
-    # -- reaping -----------------------------------------------------------------------------
-
-    def reap(self) -> list[str]:
-        """Remove kernel containers whose launching server process is known to be gone."""
-        removed = []
-        for container in self.engine.kernel_containers():
-            labels = container.get("Labels") or {}
-            server = labels.get(L.SERVER, "")
-            if not server or L.server_is_gone(server) is not True:
-                continue
-            name = ((container.get("Names") or [""])[0] or container["Id"][:12]).lstrip("/")
-            self.engine.remove(container["Id"])
-            self.log.info(
-                "Reaped kernel container %s of %s: its server %s is gone",
-                name,
-                labels.get(L.OWNER, "?"),
-                server,
-            )
-            removed.append(name)
-        return removed
-
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.reap_interval)
             try:
-                await self._run(self.reap)
+                await self.operations.run(self.operations.reap)
             except Exception:
                 self.log.exception("Reaping kernel containers failed")
 

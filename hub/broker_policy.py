@@ -16,53 +16,48 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import ipaddress
-import posixpath
 import re
-import string
 from typing import Any, NamedTuple
 
-from docker.utils import parse_bytes
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
+from labnotebook.provisioner.launch import LabRules, container_spec, size_in_bytes
 from labnotebook.provisioner.mounts import Mount
+from labnotebook.provisioner.request import LaunchRequest
 from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
 
-# Every field of KernelContainerSpec, each reviewed for what a user may do with it. The spec
-# is the *only* way anything reaches DockerEngine, and it has no field for privileges, host
-# namespaces, capabilities or devices (GPUs aside). A field added to the spec later is not
-# in this set, so every launch carrying it is refused until someone reviews it here (and
-# tests/test_broker.py::test_every_spec_field_is_reviewed fails meanwhile).
-REVIEWED_FIELDS = frozenset(
-    {
-        "kernel_id",  # checked: a safe token; it names the container
-        "kernel_name",  # checked: printable text, only shown in labels
-        "image",  # must match allowed_images
-        "argv",  # the user's own program, run as the user
-        "identity",  # IGNORED: recomputed from the peer's UID
-        "connection",  # checked: ports and key, written into the user's container
-        "env",  # the user's own environment; HOME/USER/LOGNAME forced to the account's
-        "working_dir",  # entered as the user when inside a mount (see _working_dir)
-        "mounts",  # lab mounts always; requested ones only from allowed_mounts
-        "network",  # FORCED to the configured network
-        "publish_ports",  # refused: nothing of a kernel is published on the host
-        "memory",  # capped by max_memory
-        "nano_cpus",  # capped by max_cpus
-        "shm_size",  # capped by max_shm_size
-        "pids_limit",  # capped by max_pids
-        "gpus",  # allowed (allow_gpus): the only devices a kernel can get
-        "labels",  # org.labnotebook.* overwritten by the broker
-        "pull_policy",  # must be in allowed_pull_policies
-        "name",  # IGNORED: recomputed from the user name and kernel id
-        "init",  # the user's choice
-        "allow_root",  # IGNORED: only the broker's allow_root decides
-        "ip",  # only an address the broker holds for this member's kernel (addresses.py)
-        "host_ports",  # refused with publish_ports: nothing is published on the host
-    }
-)
+# Every field of a LaunchRequest - the member's part of a launch - and what the broker does
+# with it. The request is the *only* thing a member sends; who the kernel runs as, the lab's
+# mounts, the network, the name and the trusted labels come from `launch.container_spec` with
+# the peer's kernel-verified identity and the admin's rules. A field added to LaunchRequest
+# later is not in this table, so every launch carrying it is refused until someone reviews it
+# here (tests/test_broker_policy.py::test_every_request_field_is_reviewed fails meanwhile);
+# anything else in a request (identity, name, network, privileges...) is refused outright.
+REVIEWED_FIELDS = {
+    "kernel_id": "a safe token; it names the container",
+    "kernel_name": "printable text, only shown in labels",
+    "image": "must match allowed_images",
+    "argv": "the member's own program, run as the member",
+    "connection": "ports and key, written into the member's container",
+    "env": "the member's own environment; HOME/USER/LOGNAME forced to the account's",
+    "working_dir": "entered by the kernel as the member (launch.entry)",
+    "mounts": "lab mounts always; requested ones only from allowed_mounts",
+    "publish_ports": "refused: nothing of a kernel is published on the host",
+    "memory": "capped by max_memory",
+    "nano_cpus": "capped by max_cpus",
+    "shm_size": "capped by max_shm_size",
+    "pids_limit": "capped by max_pids",
+    "gpus": "allowed (allow_gpus): the only devices a kernel can get",
+    "labels": "only allowed_labels; org.labnotebook.* always the broker's",
+    "pull_policy": "must be in allowed_pull_policies",
+    "init": "the member's choice",
+    "ip": "only an address the broker holds for this member's kernel (addresses.py)",
+    "host_ports": "refused with publish_ports",
+}
 REQUIRED_FIELDS = ("kernel_id", "kernel_name", "image", "argv", "connection")
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
@@ -80,23 +75,11 @@ class Peer(NamedTuple):
         return self.uid == 0
 
 
-def _size(value: int | str | None) -> int | None:
-    if value is None:
-        return None
-    return parse_bytes(value) if isinstance(value, str) else int(value)
-
-
 def _human_bytes(n: int) -> str:
     for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
     return f"{n} bytes"
-
-
-def _safe(name: str) -> str:
-    """The container-name-safe form of a user name (as the provisioner spells it)."""
-    allowed = string.ascii_letters + string.digits + "_.-"
-    return "".join(c if c in allowed else "-" for c in name) or "user"
 
 
 def _text(field: str, value: Any, *, limit: int = 4096, allow_empty: bool = False) -> str:
@@ -240,9 +223,9 @@ class LaunchPolicy(LoggingConfigurable):
     )
 
     @validate("max_memory", "max_shm_size")
-    def _valid_size(self, proposal: dict[str, Any]) -> Any:
+    def _validsize_in_bytes(self, proposal: dict[str, Any]) -> Any:
         try:
-            size = _size(proposal["value"])
+            size = size_in_bytes(proposal["value"])
         except Exception:
             size = -1
         if size is not None and size <= 0:
@@ -264,13 +247,13 @@ class LaunchPolicy(LoggingConfigurable):
         """The spec the broker will launch for `peer`, or a refusal that says why."""
         if not isinstance(request, dict):
             raise KernelConfigError("A launch request needs a 'spec' object (KernelSpec JSON).")
-        spec_fields = {f.name for f in dataclasses.fields(KernelContainerSpec)}
-        unknown = sorted(set(request) - (REVIEWED_FIELDS & spec_fields))
+        unknown = sorted(set(request) - (set(REVIEWED_FIELDS) & LaunchRequest.field_names()))
         if unknown:
             raise PermissionRefused(
-                f"The kernel broker does not accept {', '.join(map(repr, unknown))} in a kernel "
-                "spec. Kernels never get privileges, host namespaces, extra capabilities or "
-                "devices other than GPUs; remove these settings."
+                f"The kernel broker does not accept {', '.join(map(repr, unknown))} in a launch "
+                "request. The broker decides who a kernel runs as, its network, name and "
+                "labels; kernels never get privileges, host namespaces, extra capabilities or "
+                "devices other than GPUs. Remove these settings."
             )
         missing = [f for f in REQUIRED_FIELDS if request.get(f) is None]
         if missing:
@@ -317,22 +300,19 @@ class LaunchPolicy(LoggingConfigurable):
         if working_dir is not None and not _text("working_dir", working_dir).startswith("/"):
             raise KernelConfigError(f"working_dir must be an absolute path: {working_dir!r}")
         mounts = self._mounts(request.get("mounts") or [], substitutions)
-        working_dir, argv = self._working_dir(working_dir, self._argv(request["argv"]), identity)
 
-        return KernelContainerSpec(
+        request_ = LaunchRequest(
             kernel_id=kernel_id,
             kernel_name=kernel_name,
             image=image,
-            argv=argv,
-            identity=identity,
+            argv=self._argv(request["argv"]),
             connection=self._connection(request["connection"]),
-            env=self._env(request.get("env") or {}, identity),
+            env=self._env(request.get("env") or {}),
             working_dir=working_dir,
             mounts=mounts,
-            network=self.network,
             publish_ports=False,
             memory=self._capped(
-                "memory", _int("memory", request.get("memory")), _size(self.max_memory)
+                "memory", _int("memory", request.get("memory")), size_in_bytes(self.max_memory)
             ),
             nano_cpus=self._capped(
                 "nano_cpus",
@@ -340,21 +320,29 @@ class LaunchPolicy(LoggingConfigurable):
                 int(self.max_cpus * 1e9) if self.max_cpus else None,
             ),
             shm_size=self._capped(
-                "shm_size", _int("shm_size", request.get("shm_size")), _size(self.max_shm_size)
+                "shm_size",
+                _int("shm_size", request.get("shm_size")),
+                size_in_bytes(self.max_shm_size),
             ),
             pids_limit=self._capped(
                 "pids_limit", _int("pids_limit", request.get("pids_limit")), self.max_pids
             ),
             gpus=self._gpus(request.get("gpus")),
-            labels=self._labels(
-                request.get("labels") or {}, peer, identity, kernel_id, kernel_name
-            ),
+            labels=self._labels(request.get("labels") or {}),
             pull_policy=pull_policy,
-            name=f"labnotebook-{_safe(identity.username)}-{kernel_id}",
             init=init,
-            allow_root=(identity.uid == 0 or identity.gid == 0) and self.allow_root,
             ip=ip,
         )
+        rules = LabRules(
+            network=self.network,
+            lab_mounts=tuple(Mount.parse(m, substitutions) for m in self.lab_mounts),
+            allow_root=self.allow_root,
+            cwd_shim=tuple(self.cwd_shim),
+        )
+        # The launching server is the peer process itself: when it is gone, the broker's
+        # reaper removes the kernel.
+        server = L.server_identity(peer.pid) if peer.pid > 0 else "unknown"
+        return container_spec(request_, identity, rules, server=server)
 
     def identity_of(self, peer: Peer) -> KernelIdentity:
         """The peer's account, from this machine's user database - never from the request."""
@@ -393,27 +381,6 @@ class LaunchPolicy(LoggingConfigurable):
             )
         return image
 
-    def _working_dir(
-        self, path: str | None, argv: list[str], identity: KernelIdentity
-    ) -> tuple[str, list[str]]:
-        """Where the kernel starts, without Docker ever entering a folder as root for the user.
-
-        Docker (runc) creates and enters the working directory as root, before the kernel
-        drops to the user, following whatever the path names: a member's symlinks inside
-        volumes, `/proc/self/root/...`, `/proc/thread-self/...`, `/dev/fd/N/...`, symlinks in
-        a member's own image. Any of those would let alice's kernel start inside bob's private
-        home, or plant root-owned folders there. No list of bad prefixes can be complete, so
-        Docker only ever gets the user's home (in /home, which only root can change), and any
-        other folder is entered by the kernel's own process, as the user, through `cwd_shim`:
-        the kernel then sees exactly what the user may see.
-        """
-        if path is None:
-            return identity.home, argv
-        path = "/" + posixpath.normpath(path).lstrip("/")  # '//home/x' is '/home/x' to runc
-        if path == identity.home:
-            return path, argv
-        return identity.home, [*self.cwd_shim, path, *argv]
-
     @staticmethod
     def _argv(argv: Any) -> list[str]:
         if not isinstance(argv, list) or not argv:
@@ -436,14 +403,14 @@ class LaunchPolicy(LoggingConfigurable):
         return dict(connection)
 
     @staticmethod
-    def _env(env: Any, identity: KernelIdentity) -> dict[str, str]:
+    def _env(env: Any) -> dict[str, str]:
         if not isinstance(env, dict):
             raise KernelConfigError("Kernel spec field 'env' must be an object of text.")
         for key, value in env.items():
             if not key or "=" in key or "\0" in key:
                 raise KernelConfigError(f"Invalid environment variable name {key!r}")
             _text(f"env.{key}", value, limit=65536, allow_empty=True)
-        return {**env, **identity.environment()}
+        return dict(env)  # HOME/USER/LOGNAME: the account's (launch.container_spec)
 
     def _mounts(self, requested: Any, substitutions: dict[str, str]) -> list[Mount]:
         if not isinstance(requested, list):
@@ -550,9 +517,9 @@ class LaunchPolicy(LoggingConfigurable):
             return GpuRequest()
         return request
 
-    def _labels(
-        self, labels: Any, peer: Peer, identity: KernelIdentity, kernel_id: str, kernel_name: str
-    ) -> dict[str, str]:
+    def _labels(self, labels: Any) -> dict[str, str]:
+        """The request's extra labels that allowed_labels lets through (ours are added by
+        launch.container_spec, whatever the request says)."""
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) + len(v) < 4096
             for k, v in labels.items()
@@ -567,16 +534,4 @@ class LaunchPolicy(LoggingConfigurable):
         dropped = sorted(set(labels) - set(result) - {k for k in labels if k.startswith(L.PREFIX)})
         if dropped:
             self.log.info("Dropped labels not in LaunchPolicy.allowed_labels: %s", dropped)
-        result.update(
-            {
-                L.ROLE: L.KERNEL_ROLE,
-                L.KERNEL_ID: kernel_id,
-                L.KERNEL_NAME: kernel_name,
-                L.OWNER: identity.username,
-                L.OWNER_UID: str(identity.uid),
-                # The launching server is the peer process itself: when it is gone, the
-                # broker's reaper removes the kernel.
-                L.SERVER: L.server_identity(peer.pid) if peer.pid > 0 else "unknown",
-            }
-        )
         return result

@@ -204,8 +204,11 @@ class BrokerEngine:
     # -- DockerEngine's interface --------------------------------------------------------------
 
     def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
-        """Ask the broker to start the kernel container (as *this* process's user)."""
-        result = self.call("launch", spec=spec.to_json())
+        """Ask the broker to start the kernel container (as *this* process's user).
+
+        Only the member's part of the spec (a LaunchRequest) is sent: who the kernel runs as,
+        the lab's mounts, network, name and labels are the broker's to decide."""
+        result = self.call("launch", spec=spec.request_json())
         return LaunchedContainer(
             container_id=result["container_id"],
             name=result["name"],

@@ -54,8 +54,15 @@ def server_is_gone(identity: str) -> bool | None:
 
 
 def kernel_labels(
-    *, kernel_id: str, kernel_name: str, owner: str, owner_uid: int, extra: dict[str, str]
+    *,
+    kernel_id: str,
+    kernel_name: str,
+    owner: str,
+    owner_uid: int,
+    extra: dict[str, str],
+    server: str | None = None,
 ) -> dict[str, str]:
+    """The extra labels (never ours: org.labnotebook.* are dropped), then ours."""
     labels = {k: str(v) for k, v in extra.items() if not k.startswith(PREFIX + ".")}
     labels.update(
         {
@@ -64,7 +71,7 @@ def kernel_labels(
             KERNEL_NAME: kernel_name,
             OWNER: owner,
             OWNER_UID: str(owner_uid),
-            SERVER: server_identity(),
+            SERVER: server or server_identity(),
         }
     )
     return labels

@@ -17,7 +17,6 @@ import dataclasses
 import os
 import random
 import signal as signals
-import string
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -43,7 +42,6 @@ from traitlets import (
     validate,
 )
 
-from . import labels as L
 from .engine import PULL_POLICIES, DockerEngine
 from .errors import (
     AddressUnavailable,
@@ -54,8 +52,10 @@ from .errors import (
 )
 from .gpus import parse_gpus
 from .identity import KernelIdentity
+from .launch import LabRules, container_spec, size_in_bytes
 from .mounts import Mount, container_path
 from .reaper import prune
+from .request import LaunchRequest
 from .spec import (
     CONNECTION_FILE,
     PORT_NAMES,
@@ -430,38 +430,30 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         working_dir = container_path(str(cwd), mounts, self.path_translations) if cwd else None
         self._cwd = working_dir or identity.home
 
-        env = {**kwargs.pop("env"), **identity.environment()}
-        spec = KernelContainerSpec(
+        request = LaunchRequest(
             kernel_id=self.kernel_id or str(uuid.uuid4()),
             kernel_name=self._kernel_name(),
             image=self.image,
             argv=argv,
-            identity=identity,
             connection=connection,
-            env=env,
+            env=kwargs.pop("env"),  # jupyter_client's, filtered by _finalize_env
             working_dir=self._cwd,
             mounts=mounts,
-            network=self.network,
             publish_ports=self.connect_via == "published-ports",
-            memory=_bytes(self.memory),
+            memory=size_in_bytes(self.memory),
             nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
-            shm_size=_bytes(self.shm_size),
+            shm_size=size_in_bytes(self.shm_size),
             pids_limit=self.pids_limit,
             gpus=gpus,
-            labels=L.kernel_labels(
-                kernel_id=self.kernel_id or "",
-                kernel_name=self._kernel_name(),
-                owner=identity.username,
-                owner_uid=identity.uid,
-                extra=self.labels,
-            ),
+            labels=dict(self.labels),
             pull_policy=self.image_pull_policy,
-            name=f"labnotebook-{_safe(identity.username)}-{self.kernel_id}",
             init=self.init,
-            allow_root=self.allow_root,
             ip=address,
             host_ports=host_ports,
         )
+        # The volumes are the request's: on a single user's engine, no lab adds its own.
+        rules = LabRules(network=self.network, allow_root=self.allow_root)
+        spec = container_spec(request, identity, rules)
         kwargs["spec"] = spec
         kwargs["cmd"] = argv
         return kwargs
@@ -752,12 +744,6 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         )
 
 
-def _bytes(value: int | str | None) -> int | None:
-    if value is None:
-        return None
-    return parse_bytes(value) if isinstance(value, str) else int(value)
-
-
 def _gid(group: int | str) -> int:
     if isinstance(group, int) or str(group).isdigit():
         return int(group)
@@ -767,8 +753,3 @@ def _gid(group: int | str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise KernelConfigError(f"extra_groups: no group named {group!r} on the server") from None
-
-
-def _safe(name: str) -> str:
-    allowed = string.ascii_letters + string.digits + "_.-"
-    return "".join(c if c in allowed else "-" for c in name) or "user"

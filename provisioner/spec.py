@@ -53,6 +53,14 @@ class KernelContainerSpec:
     def ports(self) -> dict[str, int]:
         return {name: int(self.connection[name]) for name in PORT_NAMES}
 
+    def request_json(self) -> dict[str, Any]:
+        """The member's part of this spec (`request.LaunchRequest`'s fields), as JSON: what
+        the broker is sent; it derives the rest itself."""
+        from .request import LaunchRequest
+
+        data = self.to_json()
+        return {k: v for k, v in data.items() if k in LaunchRequest.field_names()}
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["identity"]["group_names"] = {str(k): v for k, v in self.identity.group_names.items()}

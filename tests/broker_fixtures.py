@@ -32,6 +32,8 @@ from typing import Any
 
 from labnotebook.provisioner.broker_protocol import ERROR_CLASSES, error_from_response
 from labnotebook.provisioner.identity import KernelIdentity
+from labnotebook.provisioner.launch import LabRules, container_spec
+from labnotebook.provisioner.request import LaunchRequest
 from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,31 +229,37 @@ def kernel_spec(
     image: str = KERNEL_IMAGE,
     argv: list[str] | None = None,
     labels: dict[str, str] | None = None,
-    network: str = "labnotebook",
     **fields: Any,
 ) -> dict[str, Any]:
-    """A launch request's spec (JSON) that claims to be root: the broker must not care."""
+    """A launch request (JSON) whose labels claim to be root's: the broker must not care.
+
+    Fields that are not a LaunchRequest's (identity, name, network, ...) can be added through
+    `fields`, to see them refused."""
     kernel_id = str(uuid.uuid4())
     ports = dict(zip(PORT_NAMES, range(41000, 41005), strict=True))
-    spec = KernelContainerSpec(
+    request = LaunchRequest(
         kernel_id=kernel_id,
         kernel_name="broker-test",
         image=image,
         argv=["sleep", "infinity"] if argv is None else argv,
-        identity=KernelIdentity("root", 0, 0, "/root", (0,), {0: "root"}),
         connection={"ip": "0.0.0.0", "transport": "tcp", "key": uuid.uuid4().hex, **ports},
-        network=network,
         labels={
             "org.labnotebook.owner-uid": "0",
             "org.labnotebook.owner": "root",
             **(labels or {}),
         },
-        name=f"forged-{kernel_id}",
-        allow_root=True,
         gpus="auto",
     ).to_json()
-    spec.update(fields)
-    return spec
+    request.update(fields)
+    return request
+
+
+def full_spec(**request_fields: Any) -> KernelContainerSpec:
+    """A whole container description from `kernel_spec`'s request, as root (for clients that
+    send a spec: the broker takes the request part of it)."""
+    request = LaunchRequest.from_json(kernel_spec(**request_fields))
+    root = KernelIdentity("root", 0, 0, "/root", (0,), {0: "root"})
+    return container_spec(request, root, LabRules(network="labnotebook", allow_root=True))
 
 
 # -- scenarios: run inside the agent, as the user ------------------------------------------------

@@ -10,16 +10,14 @@ from labnotebook.hub.addresses import AddressBook
 from labnotebook.provisioner.errors import AddressUnavailable
 from labnotebook.provisioner.spec import KernelContainerSpec
 
-from .broker_fixtures import kernel_spec
-from .test_broker import FakeEngine
+from .broker_fixtures import full_spec
+from .test_broker_protocol import FakeEngine
 
 ALICE, BOB = 2001, 2002
 
 
 def spec(kernel_id: str, ip: str | None = None) -> KernelContainerSpec:
-    data = kernel_spec()
-    data["kernel_id"] = kernel_id
-    return KernelContainerSpec.from_json({**data, "ip": ip})
+    return full_spec(kernel_id=kernel_id, ip=ip)
 
 
 def test_a_removed_kernels_address_is_held_for_its_restart_only() -> None:

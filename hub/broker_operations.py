@@ -1,0 +1,279 @@
+"""The kernel broker's operations: what each request does, for whom.
+
+Each `op_NAME(peer, request)` checks its arguments, decides with the `LaunchPolicy` and the
+caller's kernel-verified identity, and answers a response object. The operations talk to the
+engine only through its interface (`DockerEngine`'s public methods: launch, container,
+free_address, state, signal, remove, logs, wait, kernel_containers), so a test engine needs
+nothing else. The transport - socket, peer credentials, per-user limits, draining - is
+`broker.KernelBroker`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+from labnotebook.provisioner import __version__
+from labnotebook.provisioner import labels as L
+from labnotebook.provisioner.broker_protocol import ALLOWED_SIGNALS, MAX_LINE, OPS
+from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+
+from .addresses import AddressBook
+from .broker_policy import _TOKEN, LaunchPolicy, Peer
+
+T = TypeVar("T")
+_NOT_GIVEN = object()
+
+
+def username(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
+    """The op's arguments, checked: `fields` maps name -> type, or (type, default)."""
+    unknown = set(request) - set(fields) - {"op"}
+    if unknown:
+        raise KernelConfigError(
+            f"The broker's {op!r} takes no {', '.join(sorted(map(repr, unknown)))}. (Who is "
+            "asking is never part of a request: the broker asks the operating system.)"
+        )
+    values = {}
+    for name, kind in fields.items():
+        kind, default = kind if isinstance(kind, tuple) else (kind, _NOT_GIVEN)
+        value = request.get(name, default)
+        if value is _NOT_GIVEN:
+            raise KernelConfigError(f"The broker's {op!r} needs {name!r}.")
+        if value is not None and (
+            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+        ):
+            raise KernelConfigError(f"The broker's {op!r}: {name!r} has the wrong type.")
+        values[name] = value
+    return values
+
+
+def _container_ref(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise KernelConfigError(f"{value!r} is not a container ID or name.")
+    return value
+
+
+class BrokerOperations:
+    """The operations of `broker_protocol.OPS`, carried out on `engine` under `policy`."""
+
+    def __init__(
+        self,
+        *,
+        engine: Any,
+        policy: LaunchPolicy,
+        log: logging.Logger | Any,
+        workers: int = 32,
+        max_kernels_per_user: int | None = 20,
+        max_wait: float = 600.0,
+        address_hold: float = 300.0,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.log = log
+        self.max_kernels_per_user = max_kernels_per_user
+        self.max_wait = max_wait
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="broker-docker")
+        # Waits block for long; they get their own threads so they never delay launches.
+        self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
+        self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
+        self._kernel_locks: dict[int, threading.Lock] = {}
+        self.addresses = AddressBook(policy.network, address_hold, log)
+
+    def handler(self, op: str) -> Callable[[Peer, dict[str, Any]], Any]:
+        assert op in OPS
+        return getattr(self, f"op_{op}")
+
+    async def run(self, fn: Callable[..., T], *args: Any, pool: Any = None) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(pool or self._pool, partial(fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._wait_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def op_hello(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        _arguments(request, "hello")
+        return {
+            "ok": True,
+            "result": {
+                "broker": __version__,
+                "peer": {**peer._asdict(), "username": username(peer.uid)},
+                "network": self.policy.network,
+            },
+        }
+
+    async def op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "launch", spec=dict)
+
+        def launch() -> tuple[dict[str, Any], float]:
+            spec = self.policy.admit(peer, args["spec"])
+            with self._reserve_kernel(peer.uid):
+                started = time.perf_counter()
+                launched = self.addresses.launch(spec, peer.uid, self.engine)
+                return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
+
+        result, engine_ms = await self.run(launch)
+        return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
+
+    @contextlib.contextmanager
+    def _reserve_kernel(self, uid: int) -> Iterator[None]:
+        """Hold one of the user's max_kernels_per_user places while their launch runs.
+
+        Counting and reserving happen under the user's lock, so concurrent launches cannot
+        all see room for one more. (A launch that has created its container counts twice
+        until it returns: near the cap, concurrent launches err on the side of refusing.)
+        """
+        cap = self.max_kernels_per_user
+        if cap is None:
+            yield
+            return
+        with self._kernel_locks.setdefault(uid, threading.Lock()):
+            existing = len(self.engine.kernel_containers(uid))
+            if existing + self._launching[uid] >= cap:
+                raise PermissionRefused(
+                    f"You already have {existing + self._launching[uid]} kernel containers; "
+                    f"the most this lab allows per user is {cap}. Shut down kernels you no "
+                    "longer use."
+                )
+            self._launching[uid] += 1
+        try:
+            yield
+        finally:
+            with self._kernel_locks[uid]:
+                self._launching[uid] -= 1
+
+    def _owned(self, peer: Peer, container: str) -> dict[str, Any] | None:
+        """The container if it is one of the peer's kernels (see DockerEngine.container);
+        None if it is gone."""
+        details = self.engine.container(container)
+        if details is None:
+            return None
+        labels = details["labels"]
+        if labels.get(L.ROLE) != L.KERNEL_ROLE or (
+            not peer.is_root and labels.get(L.OWNER_UID) != str(peer.uid)
+        ):
+            raise PermissionRefused(
+                f"Container {container} is not one of your kernels; you can only act on kernel "
+                "containers you started."
+            )
+        return details
+
+    async def _on_owned(
+        self, peer: Peer, container: str, action: Callable[[str], T], missing: T, pool: Any = None
+    ) -> dict[str, Any]:
+        def checked() -> T:
+            details = self._owned(peer, _container_ref(container))
+            return missing if details is None else action(details["id"])
+
+        return {"ok": True, "result": await self.run(checked, pool=pool)}
+
+    async def op_state(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "state", container=str)
+
+        def state(container_id: str) -> dict[str, Any] | None:
+            current = self.engine.state(container_id)
+            return dataclasses.asdict(current) if current is not None else None
+
+        return await self._on_owned(peer, args["container"], state, None)
+
+    async def op_signal(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "signal", container=str, signal=int)
+        if args["signal"] not in ALLOWED_SIGNALS:
+            names = (signal.Signals(s).name if s else "0" for s in sorted(ALLOWED_SIGNALS))
+            raise PermissionRefused(
+                f"Signal {args['signal']} cannot be sent to kernels through the broker (allowed: "
+                f"{', '.join(names)})."
+            )
+
+        def send(container_id: str) -> None:
+            if args["signal"] != 0:  # 0 only asks whether the kernel is there: checked already
+                self.engine.signal(container_id, args["signal"])
+
+        return await self._on_owned(peer, args["container"], send, None)
+
+    async def op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "remove", container=str)
+
+        def remove() -> None:
+            details = self._owned(peer, _container_ref(args["container"]))
+            if details is None:
+                return
+            self.engine.remove(details["id"])
+            self.addresses.release(
+                details["addresses"].get(self.policy.network, ""),
+                peer.uid,
+                details["labels"].get(L.KERNEL_ID, ""),
+            )
+
+        return {"ok": True, "result": await self.run(remove)}
+
+    async def op_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "logs", container=str, tail=(int, 20))
+        tail = max(0, min(args["tail"], 2_000))
+        return await self._on_owned(
+            peer, args["container"], lambda cid: self.engine.logs(cid, tail)[-(MAX_LINE // 2) :], ""
+        )
+
+    async def op_wait(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "wait", container=str, timeout=((int, float), 60.0))
+        timeout = max(0.0, min(float(args["timeout"]), self.max_wait))
+        return await self._on_owned(
+            peer,
+            args["container"],
+            lambda cid: self.engine.wait(cid, timeout),
+            -1,
+            pool=self._wait_pool,
+        )
+
+    async def op_list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "list", owner_uid=(int, None))
+        owner = args["owner_uid"]
+        if not peer.is_root:
+            if owner is not None and owner != peer.uid:
+                raise PermissionRefused("You can only list your own kernels.")
+            owner = peer.uid
+        return {"ok": True, "result": await self.run(self.engine.kernel_containers, owner)}
+
+    async def op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        _arguments(request, "reap")
+        if not peer.is_root:
+            raise PermissionRefused("Only root may ask the broker to reap kernels.")
+        return {"ok": True, "result": await self.run(self.reap)}
+
+    def reap(self) -> list[str]:
+        """Remove kernel containers whose launching server process is known to be gone."""
+        removed = []
+        for container in self.engine.kernel_containers():
+            labels = container.get("Labels") or {}
+            server = labels.get(L.SERVER, "")
+            if not server or L.server_is_gone(server) is not True:
+                continue
+            name = ((container.get("Names") or [""])[0] or container["Id"][:12]).lstrip("/")
+            self.engine.remove(container["Id"])
+            self.log.info(
+                "Reaped kernel container %s of %s: its server %s is gone",
+                name,
+                labels.get(L.OWNER, "?"),
+                server,
+            )
+            removed.append(name)
+        return removed
