@@ -2,34 +2,16 @@
 # Included by the root Makefile, which defines BASE_IMAGE, KERNEL_IMAGE, HUB_IMAGE and the
 # image targets. Every setting can be given on the command line (make up PORT=8443 ...); all
 # names derive from LAB, so tests run a second hub with LAB=labnotebook-test-xyz PORT=....
-LAB ?= labnotebook
-# The lab's name on the hub's pages; empty: LAB.
-LAB_TITLE ?=
-PORT ?= 8000
-# Host address the hub is published on; empty: all addresses.
-BIND ?=
-NETWORK ?= $(LAB)
-HOMES_VOLUME ?= $(LAB)-homedirs
-STATE_VOLUME ?= $(LAB)-state
-READONLY_VOLUME ?= $(LAB)-readonly
-# The operator's certificate and key (host paths); empty: a self-signed pair in the state volume.
-SSL_CERT ?=
-SSL_KEY ?=
-# yes: serve plain HTTP (only behind a proxy that terminates TLS).
-PLAIN_HTTP ?=
-BACKUP_DIR ?= backups
-BACKUP ?=
-# make logs: how many lines of the past ("all" for everything), and whether to follow.
-TAIL ?= 200
-FOLLOW ?= yes
-# Passed to hub/lab.sh per command, not exported: an exported default would reach every
-# process `make` starts (`make test` too), and a nested `make up LAB=x` would then inherit
-# HOMES_VOLUME=labnotebook-homedirs from its parent instead of deriving its own.
-LAB_ENV = LAB="$(LAB)" PORT="$(PORT)" BIND="$(BIND)" NETWORK="$(NETWORK)" \
-	HOMES_VOLUME="$(HOMES_VOLUME)" STATE_VOLUME="$(STATE_VOLUME)" READONLY_VOLUME="$(READONLY_VOLUME)" SSL_CERT="$(SSL_CERT)" \
-	SSL_KEY="$(SSL_KEY)" PLAIN_HTTP="$(PLAIN_HTTP)" BACKUP_DIR="$(BACKUP_DIR)" \
-	BACKUP="$(BACKUP)" HUB_IMAGE="$(HUB_IMAGE)" KERNEL_IMAGE="$(KERNEL_IMAGE)" \
-	TAIL="$(TAIL)" FOLLOW="$(FOLLOW)" LAB_TITLE="$(LAB_TITLE)"
+# Every `make up` setting, handed to hub/lab.sh per command; an unset one is passed empty and
+# lab.sh applies its default. The defaults live there only (the README's table lists them),
+# not here: an exported default would also reach every process `make` starts (`make test`
+# too), and a nested `make up LAB=x` would inherit HOMES_VOLUME=labnotebook-homedirs instead
+# of deriving its own.
+HUB_SETTINGS := LAB LAB_TITLE PORT BIND HUB_HOSTNAME NETWORK HOMES_VOLUME STATE_VOLUME \
+	READONLY_VOLUME SSL_CERT SSL_KEY PLAIN_HTTP PUBLIC_URL TLS_HOSTNAMES SUBDOMAIN_HOST \
+	ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT SERVER_IDLE_TIMEOUT SERVER_MAX_AGE \
+	DOCKER_SOCKET HUB_IMAGE KERNEL_IMAGE BACKUP_DIR BACKUP FORCE READY_TIMEOUT TAIL FOLLOW
+LAB_ENV = $(foreach setting,$(HUB_SETTINGS),$(setting)="$($(setting))")
 
 .PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lab hub's lifecycle on one Docker host: up, down, logs, backup, restore, upgrade.
-# Called by `make` (hub/hub.mk), which passes the settings below as environment variables;
-# every name is derived from LAB, so a second hub (tests) can run beside the lab's.
+# Called by `make` (hub/hub.mk), which passes the settings below as environment variables.
+# This is the one place their defaults live; every name is derived from LAB, so a second hub
+# (tests) can run beside the lab's. The hub container gets every setting explicitly.
 set -euo pipefail
 
 LAB=${LAB:-labnotebook}
@@ -22,8 +23,18 @@ BACKUP_DIR=${BACKUP_DIR:-backups}
 BACKUP=${BACKUP:-}
 FORCE=${FORCE:-}
 READY_TIMEOUT=${READY_TIMEOUT:-180}
-# Passed through to the hub when set (see labnotebook/hub/settings.py).
-PASSED=(LAB_TITLE SUBDOMAIN_HOST PUBLIC_URL TLS_HOSTNAMES ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
+LAB_TITLE=${LAB_TITLE:-$LAB}             # the lab's name on the hub's pages
+PUBLIC_URL=${PUBLIC_URL:-}               # the URL printed; empty: https://$(hostname -f):PORT/
+TLS_HOSTNAMES=${TLS_HOSTNAMES:-labnotebook,localhost}
+SUBDOMAIN_HOST=${SUBDOMAIN_HOST:-}       # e.g. https://lab.example.org: one origin per server
+ADMIN_SUDO_NOPASSWD=${ADMIN_SUDO_NOPASSWD:-}
+PRIVATE_HOMES=${PRIVATE_HOMES:-}
+KERNEL_IDLE_TIMEOUT=${KERNEL_IDLE_TIMEOUT:-7200}
+SERVER_IDLE_TIMEOUT=${SERVER_IDLE_TIMEOUT:-28800}
+SERVER_MAX_AGE=${SERVER_MAX_AGE:-0}
+# What the hub container is told (labnotebook/hub/settings.py reads them).
+PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
+        TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
         SERVER_IDLE_TIMEOUT SERVER_MAX_AGE)
 
 say() { printf '%s\n' "$*"; }
@@ -87,13 +98,10 @@ cmd_up() {
         --volume "$READONLY_VOLUME:/home/shared/readonly"
         # Only the root-owned broker inside uses it; its folder there is root-only.
         --volume "$DOCKER_SOCKET:/srv/engine/docker.sock"
-        --env "LAB=$LAB" --env "NETWORK=$NETWORK" --env "HOMES_VOLUME=$HOMES_VOLUME"
-        --env "READONLY_VOLUME=$READONLY_VOLUME"
-        --env "KERNEL_IMAGE=$KERNEL_IMAGE" --env "PLAIN_HTTP=$PLAIN_HTTP"
     )
     local name
     for name in "${PASSED[@]}"; do
-        [ -z "${!name:-}" ] || args+=(--env "$name=${!name}")
+        args+=(--env "$name=${!name}")
     done
     if [ -n "$SSL_CERT$SSL_KEY" ]; then
         [ -n "$SSL_CERT" ] && [ -n "$SSL_KEY" ] || die "give both SSL_CERT=... and SSL_KEY=..."

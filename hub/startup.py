@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from labnotebook.kernelspecs import bundled
+
 from . import sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
@@ -98,19 +100,7 @@ def lab_mounts(settings: LabSettings) -> list[str]:
 
 def kernelspec(settings: LabSettings) -> dict[str, Any]:
     """The lab's Docker Python kernelspec: the bundled one, pointed at the broker."""
-    spec: dict[str, Any]
-    try:
-        from labnotebook.kernelspecs import bundled
-
-        spec = json.loads((bundled()["python-docker"] / "kernel.json").read_text())
-    except (ImportError, KeyError, FileNotFoundError):
-        spec = {
-            "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (Docker)",
-            "language": "python",
-            "interrupt_mode": "signal",
-            "metadata": {"debugger": True},
-        }
+    spec: dict[str, Any] = json.loads((bundled()["python-docker"] / "kernel.json").read_text())
     provisioner = spec.setdefault("metadata", {}).setdefault("kernel_provisioner", {})
     provisioner["provisioner_name"] = "labnotebook-docker"
     config = provisioner.setdefault("config", {})

@@ -20,11 +20,11 @@ import signal as signals
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 from docker.utils import parse_bytes
-from jupyter_client.connect import ConnectionFileMixin, KernelConnectionInfo
+from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import (
     Any as AnyTrait,
@@ -64,8 +64,6 @@ from .spec import (
     KernelEngine,
     LaunchedContainer,
 )
-
-T = TypeVar("T")
 
 # Docker calls block; they run here so the server's event loop never waits on the engine.
 # Own pool: kernels must not starve (or be starved by) the loop's default executor.
@@ -497,20 +495,18 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         declared = (self.kernel_spec.metadata or {}).get("supported_encryption") or []
         if isinstance(declared, str):
             declared = [declared]
+        # On by default wherever the kernel can (jupyter_client >= 8.10, this package's floor,
+        # configures its client sockets from the curve keys it is given): jupyter_client's own
+        # KernelManager.transport_encryption defaults to off, which would leave nbclient,
+        # papermill and laptops unencrypted.
         kernel_can = "curve" in {str(d).strip().lower() for d in declared}
-        # jupyter_client >= 8.10 configures its client sockets from curve keys it is given.
-        client_can = "curve_publickey" in ConnectionFileMixin.class_trait_names()
-        if self.encrypt_traffic == "required" and not (kernel_can and client_can):
+        if self.encrypt_traffic == "required" and not kernel_can:
             raise KernelConfigError(
-                "encrypt_traffic is 'required', but "
-                + (
-                    "this jupyter_client cannot encrypt kernel traffic (it needs >= 8.10)."
-                    if not client_can
-                    else f'the kernelspec {self._kernel_name()!r} does not declare "curve" in '
-                    "metadata.supported_encryption (the kernel must support it)."
-                )
+                f"encrypt_traffic is 'required', but the kernelspec {self._kernel_name()!r} "
+                'does not declare "curve" in metadata.supported_encryption (the kernel must '
+                "support it)."
             )
-        return self.encrypt_traffic != "disabled" and kernel_can and client_can
+        return self.encrypt_traffic != "disabled" and kernel_can
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         spec: KernelContainerSpec = kwargs["spec"]

@@ -18,18 +18,14 @@ python3 -m labnotebook.hub.startup
 # so a crash cannot leave the lab without kernels until the next container restart. It runs in
 # its own session: `docker stop` signals JupyterHub (tini -g: its process group) and the broker
 # keeps serving while the users' servers shut their kernels down; it ends with the container.
-if python3 -c "import labnotebook.hub.broker" 2>/dev/null; then
-    setsid sh -c '
-        while :; do
-            python3 -m labnotebook.hub.broker \
-                --socket /run/labnotebook/broker.sock \
-                --config /etc/labnotebook/broker.json \
-                --config-dir /srv/state/broker.d || true
-            echo "labnotebook: the kernel broker exited; restarting it in 2 s" >&2
-            sleep 2
-        done' &
-else
-    echo "labnotebook: WARNING: this image has no kernel broker; Docker kernels will not start" >&2
-fi
+setsid sh -c '
+    while :; do
+        python3 -m labnotebook.hub.broker \
+            --socket /run/labnotebook/broker.sock \
+            --config /etc/labnotebook/broker.json \
+            --config-dir /srv/state/broker.d || true
+        echo "labnotebook: the kernel broker exited; restarting it in 2 s" >&2
+        sleep 2
+    done' &
 
 exec "$@"
