@@ -38,16 +38,24 @@ class AddressBook:
         self.hold = hold
         self.log = log
         self._holds: dict[str, _Hold] = {}
+        self._in_use: dict[str, tuple[str, int, str]] = {}
+        """container id -> (address, owner uid, kernel id), from the launch: a stopped
+        container no longer reports its address, and a kernel stops before its removal."""
         self._lock = threading.RLock()  # launch() holds it while held() takes it again
         self._fixed_addresses = True
         """False once the engine refused a fixed address on this network (no configured
         subnet): launches then take whatever address Docker gives."""
 
-    def release(self, address: str, uid: int, kernel_id: str) -> None:
+    def release(self, container_id: str) -> None:
         """A kernel's container is gone: keep its address for the same kernel a while."""
-        if address and kernel_id and self.hold > 0:
-            with self._lock:
+        with self._lock:
+            address, uid, kernel_id = self._in_use.pop(container_id, ("", 0, ""))
+            if address and kernel_id and self.hold > 0:
                 self._holds[address] = _Hold(uid, kernel_id, time.monotonic() + self.hold)
+
+    def _record(self, launched: LaunchedContainer, uid: int, kernel_id: str) -> None:
+        with self._lock:
+            self._in_use[launched.container_id] = (launched.ip, uid, kernel_id)
 
     def held(self) -> set[str]:
         now = time.monotonic()
@@ -59,6 +67,11 @@ class AddressBook:
     def launch(self, spec: KernelContainerSpec, uid: int, engine: Any) -> LaunchedContainer:
         """Launch `spec` on an address the broker chose, or on the one it asks for if that
         is held for this member's kernel."""
+        launched = self._launch(spec, uid, engine)
+        self._record(launched, uid, spec.kernel_id)
+        return launched
+
+    def _launch(self, spec: KernelContainerSpec, uid: int, engine: Any) -> LaunchedContainer:
         if spec.ip:
             self._claim(spec.ip, uid, spec.kernel_id)
             return engine.launch(spec)

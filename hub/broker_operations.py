@@ -218,11 +218,7 @@ class BrokerOperations:
             if details is None:
                 return
             self.engine.remove(details["id"])
-            self.addresses.release(
-                details["addresses"].get(self.policy.network, ""),
-                peer.uid,
-                details["labels"].get(L.KERNEL_ID, ""),
-            )
+            self.addresses.release(details["id"])
 
         return {"ok": True, "result": await self.run(remove)}
 

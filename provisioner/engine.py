@@ -226,6 +226,7 @@ class DockerEngine:
         when the network has no IPv4 subnet. (Only fixed-address launches on a network with
         a configured subnet can use it: see AddressUnavailable.)"""
         with self._talking():
+            self._ensure_network(network)  # made with a configured subnet if missing
             details = self.api.inspect_network(network)
         configs = (details.get("IPAM") or {}).get("Config") or []
         subnets = [c for c in configs if ":" not in c.get("Subnet", ":")]

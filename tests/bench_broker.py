@@ -69,7 +69,7 @@ def measure(
             return result["client_ms"], result["client_ms"] - result["engine_ms"]
 
         def request() -> dict[str, Any]:
-            return kernel_spec(network=network, labels=labels)
+            return kernel_spec(labels=labels)
 
         def clean() -> None:
             while launched:

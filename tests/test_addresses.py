@@ -26,7 +26,7 @@ def test_a_removed_kernels_address_is_held_for_its_restart_only() -> None:
     first = book.launch(spec("k1"), ALICE, engine)
     address = first.ip
     engine.remove(first.container_id)
-    book.release(address, ALICE, "k1")
+    book.release(first.container_id)
 
     # Nobody else gets it: not another member asking for it, not alice's other kernel, and
     # not a launch that asks for any address.
@@ -49,7 +49,7 @@ def test_a_hold_expires() -> None:
     book = AddressBook("labnotebook", hold=0.01, log=logging.getLogger("test"))
     first = book.launch(spec("k1"), ALICE, engine)
     engine.remove(first.container_id)
-    book.release(first.ip, ALICE, "k1")
+    book.release(first.container_id)
     time.sleep(0.05)
     assert first.ip not in book.held()
     with pytest.raises(AddressUnavailable):
