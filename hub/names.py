@@ -3,8 +3,6 @@ hub image (the lab's own groups included)."""
 
 from __future__ import annotations
 
-import grp
-import pwd
 import re
 
 MAX_LENGTH = 32
@@ -42,24 +40,8 @@ def name_problem(name: str) -> str | None:
         return f"{name!r} is reserved for the system. Please choose another user name."
     # Every user *and group* of the hub image that is not one of ours is the system's: a
     # member called `staff` or `src` would get an account whose personal group cannot exist.
-    from .users import is_lab_member
+    from .users import group_exists, is_lab_member, user_exists
 
-    if (_is_system_user(name) or _is_system_group(name)) and not is_lab_member(name):
+    if (user_exists(name) or group_exists(name)) and not is_lab_member(name):
         return f"{name!r} is reserved for the system. Please choose another user name."
     return None
-
-
-def _is_system_user(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _is_system_group(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True

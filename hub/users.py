@@ -41,7 +41,7 @@ def _run(*argv: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _group_exists(name: str) -> bool:
+def group_exists(name: str) -> bool:
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -49,7 +49,7 @@ def _group_exists(name: str) -> bool:
     return True
 
 
-def _user_exists(name: str) -> bool:
+def user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -60,7 +60,7 @@ def _user_exists(name: str) -> bool:
 def ensure_lab_groups() -> None:
     """The `lab` and `labadmin` groups, with fixed GIDs (files on the volume refer to them)."""
     for name, gid in ((LAB_GROUP, LAB_GID), (ADMIN_GROUP, ADMIN_GID)):
-        if not _group_exists(name):
+        if not group_exists(name):
             _run("groupadd", "--gid", str(gid), name)
 
 
@@ -70,7 +70,7 @@ def home_of(name: str) -> Path:
 
 def is_lab_member(name: str) -> bool:
     """True when `name` is a lab account (not one of the image's system accounts)."""
-    return name in Registry.load().members or (_user_exists(name) and LAB_GROUP in _groups_of(name))
+    return name in Registry.load().members or (user_exists(name) and LAB_GROUP in _groups_of(name))
 
 
 def _groups_of(name: str) -> set[str]:
@@ -119,10 +119,10 @@ def _make_account(member: Member) -> None:
             f"then move it to /home/NEWNAME."
         )
     name, uid = member.name, member.uid
-    if not _group_exists(name):
+    if not group_exists(name):
         _run("groupadd", "--gid", str(uid), name)
     groups = LAB_GROUP + (f",{ADMIN_GROUP}" if member.admin else "")
-    if not _user_exists(name):
+    if not user_exists(name):
         _run(
             "useradd",
             "--uid", str(uid),
@@ -229,11 +229,11 @@ def deactivate(name: str) -> None:
             return
         member.active = False
         member.admin = False
-    if _user_exists(name):
+    if user_exists(name):
         with contextlib.suppress(RuntimeError):
             _run("pkill", "-KILL", "-u", name)
         _run("userdel", name)
-    if _group_exists(name):
+    if group_exists(name):
         _run("groupdel", name)
 
 

@@ -61,6 +61,18 @@ class _DockerKernelSpec:
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [cls._folder, cls._saved_path]))
 
     @classmethod
+    def setUpClass(cls) -> None:
+        cls.install()
+        super().setUpClass()  # type: ignore[misc]
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        try:
+            super().tearDownClass()  # type: ignore[misc]
+        finally:
+            cls.uninstall()
+
+    @classmethod
     def uninstall(cls) -> None:
         if cls._saved_path is None:
             os.environ.pop("JUPYTER_PATH", None)
@@ -72,16 +84,8 @@ class _DockerKernelSpec:
 class TestDockerPythonKernel(_DockerKernelSpec, jkt.KernelTests):
     @classmethod
     def setUpClass(cls) -> None:
-        cls.install()
         super().setUpClass()
         assert cls.km.curve_publickey, "the kernel was started without encryption"
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        try:
-            super().tearDownClass()
-        finally:
-            cls.uninstall()
 
     language_name = "python"
     file_extension = ".py"
@@ -122,15 +126,3 @@ class TestDockerPythonKernelWelcome(_DockerKernelSpec, jkt.IopubWelcomeTests):
     """ipykernel >= 7 greets each new iopub subscriber (JEP 65): no output is lost at start."""
 
     support_iopub_welcome = True
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.install()
-        super().setUpClass()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        try:
-            super().tearDownClass()
-        finally:
-            cls.uninstall()
