@@ -58,17 +58,22 @@ FIRST_UID = 2000
 leftover file never silently belongs to a newcomer."""
 
 
-def _flag(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    return value in ("1", "yes", "true", "on")
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
 
 
-def _seconds(name: str, default: int) -> int:
+def _required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
-        return default
+        raise SystemExit(
+            f"{name} is not set. The hub container gets every setting from `make up` "
+            "(hub/lab.sh, where their defaults are); start it that way."
+        )
+    return value
+
+
+def _seconds(name: str) -> int:
+    value = _required(name)
     try:
         seconds = int(value)
     except ValueError:
@@ -80,87 +85,88 @@ def _seconds(name: str, default: int) -> int:
 
 @dataclass(frozen=True)
 class LabSettings:
-    """What the operator chose with `make up VAR=…`. Each field names its variable."""
+    """What the operator chose with `make up VAR=…`. Each field names its variable.
 
-    name: str = "labnotebook"
+    No defaults here: hub/lab.sh is the one place `make up`'s defaults live, and it hands the
+    hub container every setting explicitly."""
+
+    name: str
     """LAB: the lab's name; its container, volumes and network are named after it."""
 
-    homes_volume: str = "labnotebook-homedirs"
+    homes_volume: str
     """HOMES_VOLUME: the Docker volume mounted at /home here and in every kernel container."""
 
-    readonly_volume: str = "labnotebook-readonly"
+    readonly_volume: str
     """READONLY_VOLUME: the Docker volume mounted at /home/shared/readonly here and in every
     kernel container. Being a mount point, it cannot be renamed or replaced by members, who
     may otherwise rename anything in /home/shared."""
 
-    network: str = "labnotebook"
+    network: str
     """NETWORK: the Docker network the hub and the kernel containers share."""
 
-    kernel_image: str = "labnotebook/kernel-python:latest"
+    kernel_image: str
     """KERNEL_IMAGE: the image of the lab's default Python kernel."""
 
-    public_url: str = ""
+    public_url: str
     """PUBLIC_URL: how users reach the hub, printed by `make up` (informational)."""
 
-    plain_http: bool = False
+    plain_http: bool
     """PLAIN_HTTP=yes: serve plain HTTP. Passwords then cross the network in clear text; use it
     only behind a TLS-terminating proxy."""
 
-    subdomain_host: str = ""
+    subdomain_host: str
     """SUBDOMAIN_HOST: e.g. "https://lab.example.org": each member's server gets its own
     origin (alice.lab.example.org), so a page a member's server serves cannot act on the
     hub or on other members' servers in a logged-in visitor's browser. Needs wildcard DNS
     and a wildcard certificate. Empty: every server shares the hub's origin."""
 
-    title: str = ""
+    title: str
     """LAB_TITLE: the lab's name on every hub page and in the browser's title bar, e.g.
     "Smith Lab notebooks". Empty: the LAB name."""
 
-    tls_hostnames: tuple[str, ...] = ("labnotebook", "localhost")
+    tls_hostnames: tuple[str, ...]
     """TLS_HOSTNAMES: comma-separated names the generated self-signed certificate is valid for
     (127.0.0.1 and ::1 are always included)."""
 
-    admin_sudo_nopasswd: bool = False
+    admin_sudo_nopasswd: bool
     """ADMIN_SUDO_NOPASSWD=yes: lab admins use sudo in the hub without typing their password.
     By default sudo asks for the admin's hub password."""
 
-    private_homes: bool = False
+    private_homes: bool
     """PRIVATE_HOMES=yes: new homes are 0700 (private). By default they are 0750, readable but
     not writable by the lab. Each user can change their own with `chmod 700 ~` or
     `chmod 750 ~`; the hub never resets an existing home's mode."""
 
-    kernel_idle_timeout: int = 2 * 3600
+    kernel_idle_timeout: int
     """KERNEL_IDLE_TIMEOUT: seconds after which an idle kernel is shut down, even with a
     notebook still open in a forgotten browser tab (its memory and GPU are freed; files are
     kept). 0: never."""
 
-    server_idle_timeout: int = 8 * 3600
+    server_idle_timeout: int
     """SERVER_IDLE_TIMEOUT: seconds without activity after which a user's server (and its
     kernels) is stopped by jupyterhub-idle-culler. 0: never."""
 
-    server_max_age: int = 0
+    server_max_age: int
     """SERVER_MAX_AGE: seconds after which a server is stopped even if active. 0: never."""
 
     @classmethod
     def from_env(cls) -> LabSettings:
-        name = os.environ.get("LAB", "").strip() or cls.name
-        hostnames = tuple(
-            h.strip() for h in os.environ.get("TLS_HOSTNAMES", "").split(",") if h.strip()
-        )
+        """The settings `make up` (hub/lab.sh) passed to the container."""
+        hostnames = tuple(h.strip() for h in _required("TLS_HOSTNAMES").split(",") if h.strip())
         return cls(
-            name=name,
-            homes_volume=os.environ.get("HOMES_VOLUME", "").strip() or f"{name}-homedirs",
-            readonly_volume=os.environ.get("READONLY_VOLUME", "").strip() or f"{name}-readonly",
-            network=os.environ.get("NETWORK", "").strip() or name,
-            kernel_image=os.environ.get("KERNEL_IMAGE", "").strip() or cls.kernel_image,
+            name=_required("LAB"),
+            homes_volume=_required("HOMES_VOLUME"),
+            readonly_volume=_required("READONLY_VOLUME"),
+            network=_required("NETWORK"),
+            kernel_image=_required("KERNEL_IMAGE"),
             public_url=os.environ.get("PUBLIC_URL", "").strip(),
-            title=os.environ.get("LAB_TITLE", "").strip() or name,
+            title=_required("LAB_TITLE"),
             subdomain_host=os.environ.get("SUBDOMAIN_HOST", "").strip(),
             plain_http=_flag("PLAIN_HTTP"),
-            tls_hostnames=hostnames or cls.tls_hostnames,
+            tls_hostnames=hostnames,
             admin_sudo_nopasswd=_flag("ADMIN_SUDO_NOPASSWD"),
             private_homes=_flag("PRIVATE_HOMES"),
-            kernel_idle_timeout=_seconds("KERNEL_IDLE_TIMEOUT", cls.kernel_idle_timeout),
-            server_idle_timeout=_seconds("SERVER_IDLE_TIMEOUT", cls.server_idle_timeout),
-            server_max_age=_seconds("SERVER_MAX_AGE", cls.server_max_age),
+            kernel_idle_timeout=_seconds("KERNEL_IDLE_TIMEOUT"),
+            server_idle_timeout=_seconds("SERVER_IDLE_TIMEOUT"),
+            server_max_age=_seconds("SERVER_MAX_AGE"),
         )

@@ -84,26 +84,38 @@ def test_setup_token_is_one_time(tmp_path: Path) -> None:
     assert not bootstrap.check_token(token, path)
 
 
+LAB_SH_ENV = {
+    "LAB": "lab2", "NETWORK": "lab2", "HOMES_VOLUME": "lab2-homedirs",
+    "READONLY_VOLUME": "lab2-readonly", "KERNEL_IMAGE": "labnotebook/kernel-python:latest",
+    "LAB_TITLE": "Lab Two", "TLS_HOSTNAMES": "hub.example.org, 10.0.0.5", "PLAIN_HTTP": "yes",
+    "KERNEL_IDLE_TIMEOUT": "60", "SERVER_IDLE_TIMEOUT": "28800", "SERVER_MAX_AGE": "0",
+}  # fmt: skip
+"""What hub/lab.sh hands the container (it always sets every one)."""
+
+
+def lab_settings(monkeypatch: pytest.MonkeyPatch, **changes: str) -> LabSettings:
+    for name, value in {**LAB_SH_ENV, **changes}.items():
+        monkeypatch.setenv(name, value)
+    return LabSettings.from_env()
+
+
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HOMES_VOLUME", "NETWORK", "KERNEL_IMAGE", "SERVER_IDLE_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LAB", "lab2")
-    monkeypatch.setenv("PLAIN_HTTP", "yes")
-    monkeypatch.setenv("KERNEL_IDLE_TIMEOUT", "60")
-    monkeypatch.setenv("TLS_HOSTNAMES", "hub.example.org, 10.0.0.5")
-    lab = LabSettings.from_env()
-    assert (lab.homes_volume, lab.network) == ("lab2-homedirs", "lab2")
+    lab = lab_settings(monkeypatch)
+    assert (lab.homes_volume, lab.network, lab.title) == ("lab2-homedirs", "lab2", "Lab Two")
     assert lab.plain_http and lab.kernel_idle_timeout == 60
     assert lab.tls_hostnames == ("hub.example.org", "10.0.0.5")
-    monkeypatch.setenv("SERVER_IDLE_TIMEOUT", "soon")
     with pytest.raises(SystemExit, match="SERVER_IDLE_TIMEOUT must be a number"):
+        lab_settings(monkeypatch, SERVER_IDLE_TIMEOUT="soon")
+    # The defaults live in hub/lab.sh only: without it, a clear refusal, not a guess.
+    monkeypatch.delenv("HOMES_VOLUME")
+    with pytest.raises(SystemExit, match=r"HOMES_VOLUME is not set.*make up"):
         LabSettings.from_env()
 
 
-def test_kernelspec_and_broker_config_follow_the_settings() -> None:
-    lab = LabSettings(
-        name="lab2", homes_volume="lab2-homedirs", readonly_volume="lab2-readonly", network="lab2"
-    )
+def test_kernelspec_and_broker_config_follow_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lab = lab_settings(monkeypatch)
     spec = startup.kernelspec(lab)
     config = spec["metadata"]["kernel_provisioner"]["config"]
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "labnotebook-docker"
@@ -154,11 +166,15 @@ def test_self_signed_certificate_names(tmp_path: Path) -> None:
     assert oct(cert.key.stat().st_mode & 0o777) == "0o600"
 
 
-def test_broker_dropins_extend_the_lab_policy(tmp_path: Path) -> None:
+def test_broker_dropins_extend_the_lab_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The lab's settings as JSON, then the admin's broker.d files in name order."""
     from labnotebook.hub.broker import KernelBroker
 
-    (tmp_path / "broker.json").write_text(json.dumps(startup.broker_config(LabSettings())))
+    (tmp_path / "broker.json").write_text(
+        json.dumps(startup.broker_config(lab_settings(monkeypatch)))
+    )
     dropins = tmp_path / "broker.d"
     dropins.mkdir()
     (dropins / "50-images.py").write_text('c.LaunchPolicy.allowed_images.append("mylab/*")\n')
