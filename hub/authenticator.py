@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from jupyterhub import orm
+from jupyterhub.utils import new_token
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator.handlers import (
     TEMPLATE_DIR as NATIVE_TEMPLATES,
@@ -322,6 +323,8 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
             self.log.info(
                 "%s %s %s", self.current_user.name, "approved" if wanted else "revoked", slug
             )
+        if not wanted:
+            await self._end_access(slug)
         if wanted:
             try:
                 await asyncio.to_thread(self.authenticator.approved, info.username)
@@ -330,6 +333,23 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
                 self.db.commit()
                 raise web.HTTPError(409, str(problem)) from None
         self.redirect(self.hub.base_url + "authorize#user-" + url_escape(slug, plus=False))
+
+
+    async def _end_access(self, name: str) -> None:
+        """A revoked member is out at once: their server (and so their kernels) stops, every
+        login session and token of theirs stops working, their processes in the hub end."""
+        user = self.find_user(name)
+        if user is not None:
+            for server_name, spawner in list(user.spawners.items()):
+                if spawner.active:
+                    await self.stop_single_user(user, server_name)
+            user.orm_user.cookie_id = new_token()  # every browser session's cookie
+            for token in list(user.orm_user.api_tokens):
+                self.db.delete(token)
+            self.db.commit()
+        if self.authenticator.manage_unix_accounts:
+            await asyncio.to_thread(users.end_processes, name)
+        self.log.info("Ended %s's sessions, server and processes", name)
 
 
 class LabAuthorizationAreaHandler(LabPage, AuthorizationAreaHandler):

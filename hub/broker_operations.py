@@ -27,9 +27,10 @@ from labnotebook.provisioner import __version__
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.broker_protocol import ALLOWED_SIGNALS, MAX_LINE, OPS
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.launch import size_in_bytes
 
 from .addresses import AddressBook
-from .broker_policy import _TOKEN, LaunchPolicy, Peer
+from .broker_policy import _TOKEN, LaunchPolicy, Peer, human_bytes
 
 T = TypeVar("T")
 _NOT_GIVEN = object()
@@ -72,6 +73,21 @@ def _container_ref(value: str) -> str:
     return value
 
 
+def _memory_of(container: dict[str, Any]) -> int:
+    """A kernel's memory limit, from the label the launch put on it."""
+    try:
+        return int((container.get("Labels") or {}).get(L.MEMORY, 0))
+    except ValueError:
+        return 0
+
+
+def _describe(container: dict[str, Any]) -> str:
+    labels = container.get("Labels") or {}
+    name = labels.get(L.KERNEL_NAME, "kernel")
+    memory = _memory_of(container)
+    return f"{name} {labels.get(L.KERNEL_ID, '')[:8]} ({human_bytes(memory)})"
+
+
 class BrokerOperations:
     """The operations of `broker_protocol.OPS`, carried out on `engine` under `policy`."""
 
@@ -95,6 +111,7 @@ class BrokerOperations:
         # Waits block for long; they get their own threads so they never delay launches.
         self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
         self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
+        self._memory: dict[int, int] = defaultdict(int)  # of launches in progress, likewise
         self._kernel_locks: dict[int, threading.Lock] = {}
         self.addresses = AddressBook(policy.network, address_hold, log)
 
@@ -126,7 +143,7 @@ class BrokerOperations:
 
         def launch() -> tuple[dict[str, Any], float]:
             spec = self.policy.admit(peer, args["spec"])
-            with self._reserve_kernel(peer.uid):
+            with self._reserve_kernel(peer.uid, spec.memory or 0):
                 started = time.perf_counter()
                 launched = self.addresses.launch(spec, peer.uid, self.engine)
                 return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
@@ -135,31 +152,42 @@ class BrokerOperations:
         return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
 
     @contextlib.contextmanager
-    def _reserve_kernel(self, uid: int) -> Iterator[None]:
-        """Hold one of the user's max_kernels_per_user places while their launch runs.
+    def _reserve_kernel(self, uid: int, memory: int) -> Iterator[None]:
+        """Admission control: hold one of the member's places - max_kernels_per_user
+        kernels, and max_memory_per_user bytes of kernel memory limits - while the launch runs.
 
-        Counting and reserving happen under the user's lock, so concurrent launches cannot
+        Counting and reserving happen under the member's lock, so concurrent launches cannot
         all see room for one more. (A launch that has created its container counts twice
-        until it returns: near the cap, concurrent launches err on the side of refusing.)
+        until it returns: near a cap, concurrent launches err on the side of refusing.)
         """
-        cap = self.max_kernels_per_user
-        if cap is None:
-            yield
-            return
+        cap, memory_cap = self.max_kernels_per_user, self.policy.max_memory_per_user
         with self._kernel_locks.setdefault(uid, threading.Lock()):
-            existing = len(self.engine.kernel_containers(uid))
-            if existing + self._launching[uid] >= cap:
+            existing = self.engine.kernel_containers(uid)
+            count = len(existing) + self._launching[uid]
+            if cap is not None and count >= cap:
                 raise PermissionRefused(
-                    f"You already have {existing + self._launching[uid]} kernel containers; "
-                    f"the most this lab allows per user is {cap}. Shut down kernels you no "
-                    "longer use."
+                    f"You already have {count} kernel containers; the most this lab allows "
+                    f"per member is {cap}. Shut down kernels you no longer use."
                 )
+            if memory_cap is not None and memory:
+                limit = size_in_bytes(memory_cap) or 0
+                held = self._memory[uid] + sum(_memory_of(c) for c in existing)
+                if held + memory > limit:
+                    names = ", ".join(_describe(c) for c in existing) or "kernels starting now"
+                    raise PermissionRefused(
+                        f"This kernel's {human_bytes(memory)} of memory would bring your "
+                        f"kernels to {human_bytes(held + memory)}, over the "
+                        f"{human_bytes(limit)} this lab allows per member. Your kernels: "
+                        f"{names}. Shut one down (Kernel > Shut Down Kernel) and try again."
+                    )
             self._launching[uid] += 1
+            self._memory[uid] += memory
         try:
             yield
         finally:
             with self._kernel_locks[uid]:
                 self._launching[uid] -= 1
+                self._memory[uid] -= memory
 
     def _owned(self, peer: Peer, container: str) -> dict[str, Any] | None:
         """The container if it is one of the peer's kernels (see DockerEngine.container);

@@ -75,7 +75,7 @@ class Peer(NamedTuple):
         return self.uid == 0
 
 
-def _human_bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
     for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
         if n >= factor and n % factor == 0:
             return f"{n // factor}{unit}"
@@ -214,6 +214,15 @@ class LaunchPolicy(LoggingConfigurable):
         config=True,
         help="Largest /dev/shm a kernel may have, as for max_memory. None: no cap.",
     )
+    max_memory_per_user = Union(
+        [Int(), Unicode()],
+        default_value=None,
+        allow_none=True,
+        config=True,
+        help="""The most kernel memory one member may hold at once: the sum of the memory limits
+        of their kernels, as "32g" or bytes. A launch past it is refused, naming their
+        kernels. None: no cap.""",
+    )
     max_pids = Int(
         4096,
         allow_none=True,
@@ -222,7 +231,7 @@ class LaunchPolicy(LoggingConfigurable):
         bomb cannot take the host down. None: no cap (not recommended).""",
     )
 
-    @validate("max_memory", "max_shm_size")
+    @validate("max_memory", "max_shm_size", "max_memory_per_user")
     def _validsize_in_bytes(self, proposal: dict[str, Any]) -> Any:
         try:
             size = size_in_bytes(proposal["value"])
@@ -483,8 +492,8 @@ class LaunchPolicy(LoggingConfigurable):
             self.log.info("Clamped %s from %s to the lab's cap %s", field, value, cap)
             return cap
         what, trait = {
-            "memory": (lambda n: f"{_human_bytes(n)} of memory", "max_memory"),
-            "shm_size": (lambda n: f"{_human_bytes(n)} of /dev/shm", "max_shm_size"),
+            "memory": (lambda n: f"{human_bytes(n)} of memory", "max_memory"),
+            "shm_size": (lambda n: f"{human_bytes(n)} of /dev/shm", "max_shm_size"),
             "nano_cpus": (lambda n: f"{n / 1e9:g} CPUs", "max_cpus"),
             "pids_limit": (lambda n: f"{n} processes", "max_pids"),
         }[field]

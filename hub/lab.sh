@@ -32,10 +32,17 @@ PRIVATE_HOMES=${PRIVATE_HOMES:-}
 KERNEL_IDLE_TIMEOUT=${KERNEL_IDLE_TIMEOUT:-7200}
 SERVER_IDLE_TIMEOUT=${SERVER_IDLE_TIMEOUT:-28800}
 SERVER_MAX_AGE=${SERVER_MAX_AGE:-0}
+# Resource bounds (see the README's admin guide). Sizes as "8g"; auto: a share of the host.
+KERNEL_MEMORY=${KERNEL_MEMORY:-auto}     # per kernel, swap included; auto: 1/8 of the host
+KERNEL_CPUS=${KERNEL_CPUS:-auto}         # per kernel; auto: half the host's CPUs
+MEMBER_MEMORY=${MEMBER_MEMORY:-auto}     # all of one member's kernels; auto: 1/2 of the host
+HUB_MEMORY=${HUB_MEMORY:-auto}           # the hub container (servers, terminals); auto: 1/4
+HUB_PIDS=${HUB_PIDS:-8192}               # processes in the hub container
+LOG_MAX_SIZE=${LOG_MAX_SIZE:-50m}        # the hub container's log, kept in 3 files
 # What the hub container is told (labnotebook/hub/settings.py reads them).
 PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
         TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
-        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE)
+        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -90,8 +97,16 @@ cmd_up() {
         migrate_readonly
     fi
 
+    local hub_memory=$HUB_MEMORY
+    if [ "$hub_memory" = auto ]; then
+        hub_memory=$(( $(docker info -f '{{.MemTotal}}') / 4 / 1048576 ))m
+    fi
     local args=(
         --detach --name "$LAB" --hostname "$HUB_HOSTNAME" --network "$NETWORK"
+        # Members' servers and terminals run in here: bounded, so a runaway cannot take the
+        # host, and ranked for the OOM killer above the hub's own processes (spawner.py).
+        --memory "$hub_memory" --memory-swap "$hub_memory" --pids-limit "$HUB_PIDS"
+        --log-opt max-size="$LOG_MAX_SIZE" --log-opt max-file=3
         --restart unless-stopped --label "org.labnotebook.lab=$LAB"
         --publish "${BIND:+$BIND:}$PORT:8000"
         --volume "$HOMES_VOLUME:/home" --volume "$STATE_VOLUME:/srv/state"

@@ -149,6 +149,18 @@ class LabSettings:
     server_max_age: int
     """SERVER_MAX_AGE: seconds after which a server is stopped even if active. 0: never."""
 
+    kernel_memory: str
+    """KERNEL_MEMORY: every kernel's memory limit (swap included), e.g. "8g"; "auto": an
+    eighth of the host's memory, at least 1 GiB."""
+
+    kernel_cpus: str
+    """KERNEL_CPUS: every kernel's CPU limit, e.g. "4"; "auto": half the host's CPUs, at
+    least 1."""
+
+    member_memory: str
+    """MEMBER_MEMORY: the most kernel memory one member may hold at once (the sum of their
+    kernels' limits); "auto": half the host's memory."""
+
     @classmethod
     def from_env(cls) -> LabSettings:
         """The settings `make up` (hub/lab.sh) passed to the container."""
@@ -169,4 +181,7 @@ class LabSettings:
             kernel_idle_timeout=_seconds("KERNEL_IDLE_TIMEOUT"),
             server_idle_timeout=_seconds("SERVER_IDLE_TIMEOUT"),
             server_max_age=_seconds("SERVER_MAX_AGE"),
+            kernel_memory=_required("KERNEL_MEMORY"),
+            kernel_cpus=_required("KERNEL_CPUS"),
+            member_memory=_required("MEMBER_MEMORY"),
         )

@@ -146,8 +146,39 @@ def broker_config(settings: LabSettings) -> dict[str, Any]:
             # Only lab members (UIDs from FIRST_UID) get kernels, not the image's system
             # accounts.
             "min_uid": FIRST_UID,
+            # Every kernel gets these limits (a request without one gets the cap).
+            "max_memory": resolve_memory(settings.kernel_memory, eighths=1),
+            "max_cpus": resolve_cpus(settings.kernel_cpus),
+            "max_memory_per_user": resolve_memory(settings.member_memory, eighths=4),
         },
     }
+
+
+def host_memory() -> int:
+    """The host's memory in bytes (a container sees the host's /proc/meminfo)."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemTotal in /proc/meminfo")
+
+
+def resolve_memory(setting: str, eighths: int) -> str:
+    """A size setting, or "auto": that many eighths of the host's memory, at least 1 GiB."""
+    if setting.strip().lower() != "auto":
+        return setting.strip()
+    mib = max(1024, host_memory() * eighths // 8 // (1 << 20))
+    return f"{mib}m"
+
+
+def resolve_cpus(setting: str) -> float:
+    """A CPU count, or "auto": half the host's CPUs, at least 1 (never more than the host
+    has, which Docker would refuse)."""
+    available = os.cpu_count() or 1
+    wanted = max(1.0, available / 2) if setting.strip().lower() == "auto" else float(setting)
+    if wanted <= 0:
+        raise SystemExit(f"KERNEL_CPUS must be a positive number or auto; got {setting!r}")
+    return min(wanted, float(available))
 
 
 def prepare_broker_dropins() -> list[str]:

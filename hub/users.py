@@ -230,11 +230,17 @@ def deactivate(name: str) -> None:
         member.active = False
         member.admin = False
     if user_exists(name):
-        with contextlib.suppress(RuntimeError):
-            _run("pkill", "-KILL", "-u", name)
+        end_processes(name)
         _run("userdel", name)
     if group_exists(name):
         _run("groupdel", name)
+
+
+def end_processes(name: str) -> None:
+    """Kill every process of a lab member in the hub container (none running is fine)."""
+    if user_exists(name):
+        with contextlib.suppress(RuntimeError):  # pkill exits 1 when nothing matched
+            _run("pkill", "-KILL", "-u", name)
 
 
 def restore_all(private_homes: bool = False) -> tuple[list[Member], list[str]]:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest, IPAMConfig, IPAMPool
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig
 
 from . import labels as L
 from .errors import (
@@ -44,6 +44,11 @@ from .spec import (
 
 T = TypeVar("T")
 PULL_POLICIES = ("never", "if-not-present", "always")
+KERNEL_LOG_OPTIONS = {"max-size": "10m", "max-file": "2"}
+"""Docker's json-file log of a kernel container: at most 20 MB whatever the kernel prints."""
+KERNEL_OOM_SCORE_ADJ = 500
+"""Above the hub's processes (0) and the engine's (-500): under memory pressure, the kernel
+that uses the most memory goes first."""
 
 
 def _engine_message(error: Exception) -> str:
@@ -290,6 +295,14 @@ class DockerEngine:
             port_bindings=port_bindings,
             security_opt=["no-new-privileges:true"],
             cap_drop=None if identity.uid == 0 else ["ALL"],
+            # Memory and swap together equal to the limit: a runaway kernel is stopped by the
+            # OOM killer, not swapped until the whole host crawls.
+            memswap_limit=spec.memory,
+            # Kernels are killed first when the host runs out of memory, before the hub, the
+            # broker or the engine.
+            oom_score_adj=KERNEL_OOM_SCORE_ADJ,
+            # A kernel printing without end fills at most this much of the engine's disk.
+            log_config=LogConfig(type="json-file", config=KERNEL_LOG_OPTIONS),
         )
         try:
             created = self.api.create_container(

@@ -16,6 +16,8 @@ KERNEL_NAME = f"{PREFIX}.kernel-name"
 OWNER = f"{PREFIX}.owner"
 OWNER_UID = f"{PREFIX}.owner-uid"
 SERVER = f"{PREFIX}.server"
+MEMORY = f"{PREFIX}.memory"
+"""The kernel's memory limit in bytes: what the broker's per-member cap adds up."""
 KERNEL_ROLE = "kernel"
 
 
@@ -61,6 +63,7 @@ def kernel_labels(
     owner_uid: int,
     extra: dict[str, str],
     server: str | None = None,
+    memory: int | None = None,
 ) -> dict[str, str]:
     """The extra labels (never ours: org.labnotebook.* are dropped), then ours."""
     labels = {k: str(v) for k, v in extra.items() if not k.startswith(PREFIX + ".")}
@@ -72,6 +75,7 @@ def kernel_labels(
             OWNER: owner,
             OWNER_UID: str(owner_uid),
             SERVER: server or server_identity(),
+            MEMORY: str(memory or 0),
         }
     )
     return labels

@@ -125,6 +125,7 @@ def container_spec(
             owner_uid=identity.uid,
             extra=request.labels,
             server=server,
+            memory=request.memory,
         ),
         pull_policy=request.pull_policy,
         name=container_name(identity.username, request.kernel_id),

@@ -76,6 +76,7 @@ def test_docker_engine_never_asks_for_privileges() -> None:
     assert set(host) <= {
         "mounts", "network_mode", "init", "mem_limit", "nano_cpus", "shm_size", "pids_limit",
         "group_add", "device_requests", "port_bindings", "security_opt", "cap_drop",
+        "memswap_limit", "oom_score_adj", "log_config",
     }  # fmt: skip
     assert host["security_opt"] == ["no-new-privileges:true"]
     assert host["cap_drop"] == ["ALL"] and host["group_add"] == ["1001"]

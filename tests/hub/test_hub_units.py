@@ -89,6 +89,7 @@ LAB_SH_ENV = {
     "READONLY_VOLUME": "lab2-readonly", "KERNEL_IMAGE": "labnotebook/kernel-python:latest",
     "LAB_TITLE": "Lab Two", "TLS_HOSTNAMES": "hub.example.org, 10.0.0.5", "PLAIN_HTTP": "yes",
     "KERNEL_IDLE_TIMEOUT": "60", "SERVER_IDLE_TIMEOUT": "28800", "SERVER_MAX_AGE": "0",
+    "KERNEL_MEMORY": "auto", "KERNEL_CPUS": "auto", "MEMBER_MEMORY": "24g",
 }  # fmt: skip
 """What hub/lab.sh hands the container (it always sets every one)."""
 
