@@ -244,7 +244,7 @@ async def test_kernels_per_user_are_capped(tmp_path: Path) -> None:
         )
         refused = [o for o in outcomes if isinstance(o, PermissionRefused)]
         assert len(running.engine.containers) == 3 and len(refused) == 2, outcomes
-        assert "the most this lab allows per user is 3" in str(refused[0])
+        assert "the most this lab allows per member is 3" in str(refused[0])
         await asyncio.to_thread(client.remove, next(iter(running.engine.containers)))
         await asyncio.to_thread(client.launch, specs[0])
     finally:
