@@ -334,7 +334,6 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
                 raise web.HTTPError(409, str(problem)) from None
         self.redirect(self.hub.base_url + "authorize#user-" + url_escape(slug, plus=False))
 
-
     async def _end_access(self, name: str) -> None:
         """A revoked member is out at once: their server (and so their kernels) stops, every
         login session and token of theirs stops working, their processes in the hub end."""
