@@ -290,7 +290,7 @@ class LabSignUpHandler(LabPage, SignUpHandler):
         await super().post()
 
 
-def _only_by_post(handler: web.RequestHandler) -> None:
+def _only_by_post() -> None:
     """NativeAuthenticator approves, revokes and discards people with plain GET links, which
     any page - a member's notebook served on the hub's own origin included - can make an
     admin's browser follow. Here a GET changes nothing; the buttons on /hub/authorize post a
@@ -307,7 +307,7 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
     form never undoes what the admin meant."""
 
     async def get(self, slug: str) -> None:
-        _only_by_post(self)
+        _only_by_post()
 
     @admin_users_scope
     async def post(self, slug: str) -> None:
@@ -371,7 +371,7 @@ class LabDiscardHandler(LabPage, DiscardHandler):
     """POST /hub/discard/NAME: delete a sign-up that was never approved."""
 
     async def get(self, user_name: str) -> None:
-        _only_by_post(self)
+        _only_by_post()
 
     @admin_users_scope
     async def post(self, user_name: str) -> None:

@@ -92,10 +92,15 @@ cmd_up() {
         docker volume inspect "$volume" >/dev/null 2>&1 \
             || docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
     done
+    local migrate=""
     if ! docker volume inspect "$READONLY_VOLUME" >/dev/null 2>&1; then
         docker volume create --label "org.labnotebook.lab=$LAB" "$READONLY_VOLUME" >/dev/null
-        migrate_readonly
+        migrate=yes
     fi
+    # No member's process may run while root prepares the homes volume: the hub is down
+    # here, and kernels left from its last run go too, so nobody can swap a path meanwhile.
+    remove_kernels
+    prepare_homes "$migrate"
 
     local hub_memory=$HUB_MEMORY
     if [ "$hub_memory" = auto ]; then
@@ -161,19 +166,31 @@ ensure_network() {
         --subnet "$subnet" ${gateway:+--gateway "$gateway"} "$NETWORK" >/dev/null
 }
 
-# Labs from before the readonly volume kept /home/shared/readonly as a folder of the homes
-# volume, where any member could rename it. Its contents move into the new volume once, while
-# the hub is down (no member's process runs), and never through a symlink.
-migrate_readonly() {
-    docker run --rm --network none -v "$HOMES_VOLUME:/from" -v "$READONLY_VOLUME:/to" \
+# Before the hub starts, as root, with no member's process running: Docker mounts the readonly
+# volume at /home/shared/readonly and would follow a symlink there (to /home/bob, say) - a
+# member may have planted one in a lab from before the readonly volume, when it was a folder
+# anyone could rename. Such an entry is moved aside (never followed) and a folder takes its
+# place. With MIGRATE=yes (the readonly volume is new), the old folder's contents move into
+# the volume first, owners, modes and ACLs kept.
+prepare_homes() {
+    docker run --rm --network none -e MIGRATE="$1" \
+        -v "$HOMES_VOLUME:/from" -v "$READONLY_VOLUME:/to" \
         --entrypoint /bin/sh "$HUB_IMAGE" -c '
+            set -e
             old=/from/shared/readonly
-            if [ -d "$old" ] && [ ! -L "$old" ] && [ -n "$(ls -A "$old")" ]; then
+            if [ "$MIGRATE" = yes ] && [ -d "$old" ] && [ ! -L "$old" ] \
+                    && [ -n "$(ls -A "$old")" ]; then
                 tar -C "$old" --acls --xattrs --numeric-owner -cf - . \
-                    | tar -C /to --acls --xattrs --numeric-owner --same-owner -xpf - \
-                && echo "Moved /home/shared/readonly into its own volume" \
-                && find "$old" -mindepth 1 -delete
-            fi' || die "could not move /home/shared/readonly into $READONLY_VOLUME"
+                    | tar -C /to --acls --xattrs --numeric-owner --same-owner -xpf -
+                find "$old" -xdev -mindepth 1 -delete
+                echo "Moved /home/shared/readonly into its own volume"
+            fi
+            if [ -L "$old" ] || { [ -e "$old" ] && [ ! -d "$old" ]; }; then
+                aside="$old.displaced-$(date +%Y%m%d-%H%M%S)"
+                mv -- "$old" "$aside"
+                echo "WARNING: /home/shared/readonly was not a folder (a member replaced it);"
+                echo "moved it aside to ${aside#/from} and made the folder again."
+            fi' || die "could not prepare /home/shared/readonly on $HOMES_VOLUME"
 }
 
 print_warnings() {

@@ -41,7 +41,7 @@ def open_dir(name: str, dir_fd: int | None = None, create_mode: int | None = Non
     try:
         fd = os.open(name, DIRECTORY_FLAGS, dir_fd=dir_fd)
     except OSError as error:
-        kind = _kind(name, dir_fd)
+        kind = entry_kind(name, dir_fd)
         raise UnsafePath(f"{name} is {kind}, not a folder ({error.strerror})") from None
     try:
         yield fd
@@ -49,7 +49,8 @@ def open_dir(name: str, dir_fd: int | None = None, create_mode: int | None = Non
         os.close(fd)
 
 
-def _kind(name: str, dir_fd: int | None) -> str:
+def entry_kind(name: str, dir_fd: int | None) -> str:
+    """'missing', 'a symlink', 'a file', 'a folder' or 'something else' (never followed)."""
     try:
         mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
@@ -58,16 +59,7 @@ def _kind(name: str, dir_fd: int | None) -> str:
         return "a symlink"
     if stat.S_ISREG(mode):
         return "a file"
-    return "not a folder"
-
-
-def entry_kind(name: str, dir_fd: int) -> str:
-    """'missing', 'a symlink', 'a file', 'a folder' or 'something else' (never followed)."""
-    kind = _kind(name, dir_fd)
-    if kind == "not a folder":
-        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-        return "a folder" if stat.S_ISDIR(mode) else "something else"
-    return kind
+    return "a folder" if stat.S_ISDIR(mode) else "something else"
 
 
 def set_owner_mode(fd: int, uid: int, gid: int, mode: int) -> None:
@@ -120,9 +112,9 @@ def encode_acl(entries: list[tuple[str, int | None, int]]) -> bytes:
     """(kind, id, perm) with kind one of user_obj 'u', user 'U', group_obj 'g', group 'G',
     mask 'm', other 'o'; perm as rwx bits (0-7)."""
     packed = sorted(
-        (_TAGS[kind], perm, _NO_ID if ident is None else ident) for kind, ident, perm in entries
+        ((_TAGS[kind], perm, _NO_ID if ident is None else ident) for kind, ident, perm in entries),
+        key=lambda entry: (entry[0], entry[2]),  # the kernel wants them by tag, then id
     )
-    packed.sort(key=lambda e: (e[0], e[2]))
     return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in packed)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import textwrap
 
 import pytest
 
-from .conftest import PASSWORDS, Lab, run
+from .conftest import PASSWORDS, Lab, free_port, run
 from .hubclient import HubUser
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.timeout(600)]
@@ -338,3 +339,67 @@ def test_a_restarted_kernel_keeps_its_address_through_the_broker(lab: Lab, alice
         assert result.stdout.strip() == "False"  # a fresh kernel, same address
     finally:
         alice.shutdown_kernel(kernel)
+
+
+# -- paths root handles outside the running hub: backups, and the homes volume before a start --
+
+
+def test_a_backup_stores_a_members_symlink_as_a_symlink(lab: Lab, alice: HubUser) -> None:
+    as_member(lab, "alice", "ln -sfn /srv/state ~/state-link", check=True)
+    try:
+        lab.make("backup")
+        newest = max(lab.backup_dir.glob(f"{lab.name}-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+        with tarfile.open(newest) as archive:
+            names = archive.getnames()
+            link = archive.getmember("home/alice/state-link")
+        assert link.issym() and link.linkname == "/srv/state"
+        assert not [n for n in names if n.startswith("home/alice/state-link/")]
+    finally:
+        as_member(lab, "alice", "rm -f ~/state-link")
+
+
+def _old_style_lab(lab: Lab, suffix: str, script: str) -> Lab:
+    """A lab from before the readonly volume: its homes volume prepared by `script` (as root),
+    no readonly volume yet."""
+    old = Lab(f"{lab.name}-{suffix}", free_port(), lab.image, lab.backup_dir)
+    run("docker", "volume", "create", f"{old.name}-homedirs")
+    run(
+        "docker", "run", "--rm", "--network", "none", "-v", f"{old.name}-homedirs:/home",
+        "--entrypoint", "/bin/sh", lab.image, "-c", script,
+    )  # fmt: skip
+    return old
+
+
+def test_an_old_readonly_folder_moves_into_its_volume(lab: Lab) -> None:
+    old = _old_style_lab(
+        lab, "migrated",
+        "mkdir -p /home/shared/readonly && echo 'a,b' > /home/shared/readonly/data.csv",
+    )  # fmt: skip
+    try:
+        up = old.make("up").stdout
+        assert "Moved /home/shared/readonly into its own volume" in up, up
+        assert old.exec("mountpoint", "-q", "/home/shared/readonly", check=False).returncode == 0
+        assert old.exec("cat", "/home/shared/readonly/data.csv").stdout == "a,b\n"
+    finally:
+        old.destroy()
+
+
+def test_a_planted_readonly_symlink_is_moved_aside_never_mounted_over(lab: Lab) -> None:
+    """Docker would follow a symlink at the mount's target and cover bob's home with the
+    readonly volume; root would copy bob's files into it."""
+    old = _old_style_lab(
+        lab, "planted",
+        "mkdir -p /home/shared /home/bob && echo secret > /home/bob/secret.txt"
+        " && chmod 700 /home/bob && ln -s ../bob /home/shared/readonly",
+    )  # fmt: skip
+    try:
+        up = old.make("up").stdout
+        assert "was not a folder (a member replaced it)" in up, up
+        assert old.exec("mountpoint", "-q", "/home/shared/readonly", check=False).returncode == 0
+        assert old.exec("mountpoint", "-q", "/home/bob", check=False).returncode != 0
+        assert old.exec("cat", "/home/bob/secret.txt").stdout == "secret\n"
+        assert old.exec("ls", "-A", "/home/shared/readonly").stdout.split() == ["README.txt"]
+        displaced = old.exec("sh", "-c", "readlink /home/shared/readonly.displaced-*").stdout
+        assert displaced.strip() == "../bob"
+    finally:
+        old.destroy()
