@@ -215,6 +215,10 @@ class BrokerEngine:
             ip=result["ip"],
             ports={k: int(v) for k, v in result["ports"].items()},
             gpus=result.get("gpus", ""),
+            # Absent from brokers older than the record of saved notebooks: then unknown.
+            image_id=str(result.get("image_id") or ""),
+            image_digests=tuple(result.get("image_digests") or ()),
+            image_labels=dict(result.get("image_labels") or {}),
         )
 
     def state(self, container_id: str) -> ContainerState | None:

@@ -69,6 +69,7 @@ class DockerEngine:
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._image_files: dict[str, tuple[str, str]] = {}
+        self._image_details: dict[str, dict[str, Any]] = {}
         self._networks: set[str] = set()
         self._network_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
@@ -433,13 +434,27 @@ class DockerEngine:
             network = (settings.get("Networks") or {}).get(spec.network) or {}
             ip = network.get("IPAddress") or ""
             ports = spec.ports
+        image_id = details.get("Image") or ""
+        image = self._image_facts(image_id)
         return LaunchedContainer(
             container_id,
             details["Name"].lstrip("/"),
             ip,
             ports,
             gpus.describe() if gpus.wanted else "",
+            image_id=image_id,
+            image_digests=tuple(image.get("RepoDigests") or ()),
+            image_labels=dict((image.get("Config") or {}).get("Labels") or {}),
         )
+
+    def _image_facts(self, image_id: str) -> dict[str, Any]:
+        """The image's inspection (an ID names immutable content: cached per ID)."""
+        if image_id not in self._image_details:
+            try:
+                self._image_details[image_id] = self.api.inspect_image(image_id)
+            except docker.errors.NotFound:
+                return {}  # removed meanwhile (`docker rmi -f`): the ID is still the truth
+        return self._image_details[image_id]
 
     # -- running containers ----------------------------------------------------------------
 

@@ -724,6 +724,23 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             return None
         return path if os.path.isabs(path) else None
 
+    def launched_image(self) -> dict[str, Any] | None:
+        """What the current kernel was launched from - the image as chosen, the ID of the
+        image its container actually runs, that image's digests and labels - with the
+        kernelspec and GPU request; None before the first launch. `record.py` turns it into
+        the notebook's record at every save."""
+        if self._previous is None:
+            return None
+        launched = self._previous[1]
+        return {
+            "image": self.image,
+            "image_id": launched.image_id,
+            "repo_digests": list(launched.image_digests),
+            "image_labels": dict(launched.image_labels),
+            "kernelspec": self._kernel_name(),
+            "gpus": self.gpus,
+        }
+
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
         info.update(container_id=self.container_id, container_name=self.container_name)

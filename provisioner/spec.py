@@ -94,6 +94,13 @@ class LaunchedContainer:
     ip: str
     ports: dict[str, int]
     gpus: str = ""
+    image_id: str = ""
+    """The ID of the image the container runs (its `Image` attribute): immutable, unlike the
+    name it was launched by. Recorded in saved notebooks (`record.py`)."""
+    image_digests: tuple[str, ...] = ()
+    """That image's repo digests (`name@sha256:...`), when it was pushed or pulled."""
+    image_labels: dict[str, str] = field(default_factory=dict)
+    """That image's own labels (build provenance: `org.labnotebook.*`, `org.opencontainers.*`)."""
 
 
 @dataclass(frozen=True)
