@@ -9,7 +9,12 @@ adds:
 - sign-up checks with a specific message each: user names `useradd` would refuse or that are
   system accounts (`names.py`), and a real password policy (`passwords.py`), including
   passwords over bcrypt's 72 bytes (which crash bcrypt >= 5 with a 500 otherwise);
-- a lockout after repeated failed logins, that says so;
+- passwords hashed and checked off the event loop (`hashing.py`), so sign-ups and logins
+  never stall the hub for everyone;
+- rate limits per client address (`throttle.py`, `client_address.py`): a burst of sign-ups,
+  then one every few minutes; a burst of failed logins, then one every few seconds; and a
+  lockout per name *and address*, so an outsider who fails as `admin` locks out only
+  themself (a name failing from many addresses is slowed for unknown addresses only);
 - Unix accounts (`users.py`): made when an admin approves a person, checked at each login
   (which also sets the account's password to the hub password, for sudo), and removed (home
   and UID kept) when the hub user is deleted.
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import time
 from typing import Any
 
 from jupyterhub import orm
@@ -43,11 +50,13 @@ from nativeauthenticator.orm import UserInfo
 from tornado import web
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
-from traitlets import Bool, Integer, default
+from traitlets import Bool, Integer, Unicode, default
 
-from . import bootstrap, users
+from . import bootstrap, hashing, users
+from .client_address import FORWARDED_FOR, client_address
 from .names import name_problem
 from .passwords import password_problem, too_long
+from .throttle import TokenBuckets, address_key, minutes
 
 TEMPLATES = os.path.join(os.path.dirname(__file__), "templates")
 TEMPLATE_PATHS = [TEMPLATES, NATIVE_TEMPLATES]
@@ -67,13 +76,66 @@ class LabAuthenticator(NativeAuthenticator):
     allowed_failed_logins = Integer(
         5,
         config=True,
-        help="""Failed logins in a row after which a user name is locked for
-        `seconds_before_next_try`. 0 disables the lockout (NativeAuthenticator's default).""",
+        help="""Failed logins for one name from one client address after which that address
+        may try that name once per `seconds_before_next_try`. Per address, so an outsider
+        cannot lock a member out: their own address is locked, not the name. 0 disables
+        it.""",
     )
     seconds_before_next_try = Integer(
         300,
         config=True,
-        help="Seconds a user name stays locked after `allowed_failed_logins` failures.",
+        help="Seconds between tries of a name from an address after `allowed_failed_logins`.",
+    )
+    failed_logins_per_name = Integer(
+        50,
+        config=True,
+        help="""Failed logins for one name, from all addresses together, after which the name
+        may be tried once per `seconds_before_next_try` from addresses it has never logged
+        in from (a guesser rotating addresses); from the addresses its owner logged in from
+        it is not slowed. 0: no such limit.""",
+    )
+    failed_logins_per_address = Integer(
+        30,
+        config=True,
+        help="""Failed logins from one client address (any names) before it may fail only
+        once per `failed_login_refill_seconds`: a password-guessing flood is refused before
+        any password is checked. 0: no limit.""",
+    )
+    failed_login_refill_seconds = Integer(
+        20, config=True, help="Seconds per further failed login an address earns back."
+    )
+    signups_per_address = Integer(
+        30,
+        config=True,
+        help="""Sign-ups one client address may make in a burst (a class signing up from one
+        campus address fits); after it, one per `signup_refill_seconds`. Refused sign-ups
+        (a taken name, a weak password) do not count. 0: no limit.""",
+    )
+    signup_refill_seconds = Integer(
+        120, config=True, help="Seconds per further sign-up an address earns back."
+    )
+    max_pending_signups = Integer(
+        200,
+        config=True,
+        help="""Sign-ups awaiting an admin's approval beyond which new ones are refused with a
+        message (an admin approves or discards some at /hub/authorize). Bounds what a flood
+        from many addresses can store. 0: no limit.""",
+    )
+    client_address_header = Unicode(
+        FORWARDED_FOR,
+        config=True,
+        help="""The header that names a request's client address for the rate limits. With
+        X-Forwarded-For, the entry the lab's own proxy appended (or the one
+        `trusted_proxies` further left); with another header (X-Real-IP), its value, which a
+        reverse proxy in front of the lab must set on every request.""",
+    )
+    trusted_proxies = Integer(
+        0,
+        config=True,
+        help="""Reverse proxies of the lab's in front of the hub that append the client's
+        address to X-Forwarded-For (0: clients connect to the hub's port directly). Set it
+        only when the hub's port is reachable through those proxies alone: entries to
+        their left are written by the client and could be forged.""",
     )
     manage_unix_accounts = Bool(
         True,
@@ -89,6 +151,19 @@ class LabAuthenticator(NativeAuthenticator):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        refill = max(1, self.seconds_before_next_try)
+        self._failures_by_name_and_address = TokenBuckets(
+            max(1, self.allowed_failed_logins), refill
+        )
+        self._failures_by_name = TokenBuckets(max(1, self.failed_logins_per_name), refill)
+        self._failures_by_address = TokenBuckets(
+            max(1, self.failed_logins_per_address), max(1, self.failed_login_refill_seconds)
+        )
+        self._signups_by_address = TokenBuckets(
+            max(1, self.signups_per_address), max(1, self.signup_refill_seconds)
+        )
+        # name -> {address key: when it last logged in from there}
+        self._known_addresses: dict[str, dict[str, float]] = {}
         if self.admin_setup_pending():
             token = bootstrap.ensure_token()
             names = " or ".join(sorted(self.admin_users)) or "(no admin_users configured!)"
@@ -138,23 +213,143 @@ class LabAuthenticator(NativeAuthenticator):
         # Used by NativeAuthenticator's create_user() and change_password().
         return password_problem("", password, self.minimum_password_length) is None
 
+    # -- rate limits ---------------------------------------------------------------------------
+
+    def client_key(self, handler: web.RequestHandler) -> str:
+        """Who a request counts against: its client address (IPv6: its /64)."""
+        return address_key(
+            client_address(handler.request, self.client_address_header, self.trusted_proxies)
+        )
+
+    def login_refusal(self, username: str, client: str) -> tuple[int, str] | None:
+        """(HTTP status, message) when this login may not be tried now, else None. Takes
+        nothing: only failures count."""
+        if self.failed_logins_per_address and (wait := self._failures_by_address.wait_for(client)):
+            return 429, (
+                "Too many failed logins from your network address. Please wait "
+                f"{minutes(wait)} and try again."
+            )
+        if not self.allowed_failed_logins:
+            return None
+        wait = self._failures_by_name_and_address.wait_for(f"{username}\0{client}")
+        if not wait and self.failed_logins_per_name and client not in self._known(username):
+            wait = self._failures_by_name.wait_for(username)
+        if wait:
+            return 403, (
+                f"Too many failed logins for {username!r} from your network address. Please "
+                f"wait {minutes(wait)} and try again."
+            )
+        return None
+
+    def _known(self, username: str) -> dict[str, float]:
+        return self._known_addresses.get(username, {})
+
+    def _count_failure(self, username: str, client: str) -> None:
+        self._failures_by_address.take(client)
+        self._failures_by_name_and_address.take(f"{username}\0{client}")
+        self._failures_by_name.take(username)
+
+    def _count_success(self, username: str, client: str) -> None:
+        self._failures_by_name_and_address.forgive(f"{username}\0{client}")
+        known = self._known_addresses.setdefault(username, {})
+        known[client] = time.time()
+        if len(known) > 20:  # the most recent places a member logs in from
+            del known[min(known, key=known.__getitem__)]
+
+    def signup_refusal(self, client: str) -> str | None:
+        """The message when a sign-up from `client` may not be stored now, else None; an
+        allowed one is counted."""
+        if self.max_pending_signups and self.get_unauthed_amount() >= self.max_pending_signups:
+            return (
+                "The lab has too many sign-ups waiting for an admin's approval to take more "
+                "now. Please ask the lab's admin, or try again later."
+            )
+        if self.signups_per_address and (wait := self._signups_by_address.take(client)):
+            return (
+                "Too many sign-ups from your network address. Please wait "
+                f"{minutes(wait)} and try again."
+            )
+        return None
+
+    def is_blocked(self, username: str) -> bool:
+        # NativeAuthenticator's per-name lockout is replaced by login_refusal (per address).
+        return False
+
+    def get_unauthed_amount(self) -> int:
+        # NativeAuthenticator counts row by row with a query each; one query here.
+        return self.db.query(UserInfo).filter(UserInfo.is_authorized.is_(False)).count()
+
     # -- accounts ------------------------------------------------------------------------------
 
     def create_user(self, username: str, password: str, **kwargs: Any) -> UserInfo | None:
-        user = super().create_user(username, password, **kwargs)
-        if user is not None and self.normalize_username(username) in self.admin_users:
+        # NativeAuthenticator's, with the hash made beforehand off the event loop
+        # (LabSignUpHandler) instead of on it.
+        username = self.normalize_username(username)
+        if (
+            self.user_exists(username)
+            or not self.validate_username(username)
+            or not self.is_password_strong(password)
+            or not self.enable_signup
+        ):
+            return None
+        infos: dict[str, Any] = {"username": username, "password": hashing.hash_for(password)}
+        infos.update(kwargs)
+        pre_authorized = self.open_signup or username in self.get_authed_users()
+        if pre_authorized:
+            infos["is_authorized"] = True
+        try:
+            user = UserInfo(**infos)
+        except AssertionError:  # an invalid email address
+            return None
+        if (
+            self.allow_self_approval_for
+            and not pre_authorized
+            and re.match(self.allow_self_approval_for, user.email or "")
+        ):
+            self.send_approval_email(user.email, self.generate_approval_url(username))
+            user.login_email_sent = True
+        self.db.add(user)
+        self.db.commit()
+        if username in self.admin_users:
             bootstrap.consume_token()
-            self.log.info("Admin %s signed up; the setup token is used up.", user.username)
+            self.log.info("Admin %s signed up; the setup token is used up.", username)
         return user
 
+    def change_password(self, username: str, new_password: str) -> bool | None:
+        user = self.get_user(username)
+        if user is None or not self.is_password_strong(new_password):
+            return None
+        user.password = hashing.hash_for(new_password)
+        self.db.commit()
+        return True
+
     async def authenticate(self, handler: web.RequestHandler, data: dict[str, str]) -> str | None:
-        if too_long(data.get("password", "")):
+        """NativeAuthenticator's check, with bcrypt in a thread and failures counted per
+        client address. `handler.login_outcome` tells the login page why it failed."""
+        username = self.normalize_username(data.get("username", ""))
+        password = data.get("password", "")
+        if too_long(password):
             return None  # bcrypt >= 5 would raise; LabLoginHandler shows why.
-        username = await super().authenticate(handler, data)
-        if username and self.manage_unix_accounts:
+        client = self.client_key(handler)
+        if self.login_refusal(username, client):
+            return None
+        info = self.get_user(username)
+        # Read on the loop's thread: the ORM session is not thread-safe.
+        stored = bytes(info.password) if info is not None and info.password else None
+        valid = await hashing.check(password, stored)
+        if valid and info is not None and info.has_2fa:
+            valid = info.is_valid_token(data.get("2fa"))
+        if not valid:
+            self._count_failure(username, client)
+            return None
+        if info is None or not info.is_authorized:
+            handler.login_outcome = "unapproved"  # type: ignore[attr-defined]
+            return None
+        self._count_success(username, client)
+        if self.manage_unix_accounts:
             found = orm.User.find(self.db, username)
             admin = username in self.admin_users or bool(found and found.admin)
-            await asyncio.to_thread(self._sync_account, username, data["password"], admin)
+            await asyncio.to_thread(self._sync_account, username, password, admin)
         return username
 
     def _sync_account(self, username: str, password: str, admin: bool) -> None:
@@ -169,6 +364,9 @@ class LabAuthenticator(NativeAuthenticator):
     def delete_user(self, user: Any) -> Any:
         result = super().delete_user(user)
         if self.manage_unix_accounts:
+            # JupyterHub stopped their server and dropped their sessions; what they left
+            # running in the hub (a `nohup` from a terminal) ends now too.
+            users.end_processes(user.name)
             users.deactivate(user.name)
         return result
 
@@ -221,21 +419,28 @@ class LabLoginHandler(LabPage, LoginHandler):
         )
 
     async def post(self) -> None:
+        # NativeAuthenticator's, without its second bcrypt check on the event loop to find
+        # out whether a failure was an unapproved account (authenticate() says so).
         authenticator: LabAuthenticator = self.authenticator
         username = authenticator.normalize_username(self.get_body_argument("username", ""))
         password = self.get_body_argument("password", "", strip=False)
-        message = too_long(password)
-        if message is None and authenticator.is_blocked(username):
-            minutes = max(1, round(authenticator.seconds_before_next_try / 60))
-            message = (
-                f"Too many failed logins for {username!r}. Please wait {minutes} minute"
-                f"{'s' if minutes != 1 else ''} and try again."
-            )
-        if message is not None:
-            self.set_status(403 if authenticator.is_blocked(username) else 400)
-            self.finish(await self._render(login_error=message, username=username))
-            return
-        await super().post()
+        status, message = 400, too_long(password)
+        if message is None:
+            refusal = authenticator.login_refusal(username, authenticator.client_key(self))
+            if refusal is not None:
+                status, message = refusal
+        if message is None:
+            data = {arg: self.get_argument(arg, strip=False) for arg in self.request.arguments}
+            user = await self.login_user(data)
+            if user:
+                self._jupyterhub_user = user
+                self.redirect(self.get_next_url(user))
+                return
+            status, message = 403, "Invalid username or password."
+            if getattr(self, "login_outcome", None) == "unapproved":
+                message = f"User {username} has not been authorized by an administrator yet."
+        self.set_status(status)
+        self.finish(await self._render(login_error=message, username=username))
 
 
 class LabSignUpHandler(LabPage, SignUpHandler):
@@ -274,20 +479,29 @@ class LabSignUpHandler(LabPage, SignUpHandler):
         )
         if problem is not None:
             self.set_status(400)
-            html = await self.render_template(
-                "signup.html",
-                ask_email=authenticator.ask_email_on_signup,
-                result_message=problem,
-                alert="alert-danger",
-                username=raw_name,
-                email=self.get_body_argument("email", "", strip=True),
-                two_factor_auth=authenticator.allow_2fa,
-                recaptcha_key=authenticator.recaptcha_key,
-                tos=authenticator.tos,
-            )
-            self.finish(html)
+            self.finish(await self._refused(problem, raw_name))
             return
-        await super().post()
+        if refusal := authenticator.signup_refusal(authenticator.client_key(self)):
+            self.set_status(429)
+            self.finish(await self._refused(refusal, raw_name))
+            return
+        password = self.get_body_argument("signup_password", "", strip=False)
+        with hashing.prepared(password, await hashing.new_hash(password)):
+            await super().post()
+
+    async def _refused(self, problem: str, raw_name: str) -> Any:
+        authenticator: LabAuthenticator = self.authenticator
+        return await self.render_template(
+            "signup.html",
+            ask_email=authenticator.ask_email_on_signup,
+            result_message=problem,
+            alert="alert-danger",
+            username=raw_name,
+            email=self.get_body_argument("email", "", strip=True),
+            two_factor_auth=authenticator.allow_2fa,
+            recaptcha_key=authenticator.recaptcha_key,
+            tos=authenticator.tos,
+        )
 
 
 def _only_by_post() -> None:
@@ -390,23 +604,32 @@ class LabChangePasswordHandler(LabPage, ChangePasswordHandler):
 
     @web.authenticated
     async def post(self) -> None:
+        # NativeAuthenticator's, with both bcrypt steps off the event loop.
         user = await self.get_current_user()
         authenticator: LabAuthenticator = self.authenticator
+        old = self.get_body_argument("old_password", "", strip=False)
         new = self.get_body_argument("new_password", "", strip=False)
         message = _refuse_long_password(self, "old_password", "new_password")
-        if message is None and new == self.get_body_argument(
-            "new_password_confirmation", "", strip=False
-        ):
-            message = password_problem(user.name, new, authenticator.minimum_password_length)
-        if message is not None:
+        if message is None:
+            info = authenticator.get_user(user.name)
+            stored = bytes(info.password) if info is not None and info.password else None
+            if not await hashing.check(old, stored):
+                message = "Your current password was incorrect. Please try again."
+            elif new != self.get_body_argument("new_password_confirmation", "", strip=False):
+                message = "Your new password didn't match the confirmation. Please try again."
+            else:
+                message = password_problem(user.name, new, authenticator.minimum_password_length)
+        if message is None:
+            with hashing.prepared(new, await hashing.new_hash(new)):
+                authenticator.change_password(user.name, new)
+            alert, message = "alert-success", "Your password has been changed successfully!"
+        else:
             self.set_status(400)
-            html = await self.render_template(
-                "change-password.html", user_name=user.name, result_message=message,
-                alert="alert-danger",
-            )  # fmt: skip
-            self.finish(html)
-            return
-        await super().post()
+            alert = "alert-danger"
+        html = await self.render_template(
+            "change-password.html", user_name=user.name, result_message=message, alert=alert
+        )
+        self.finish(html)
 
 
 class LabChangePasswordAdminHandler(LabPage, ChangePasswordAdminHandler):
@@ -427,4 +650,5 @@ class LabChangePasswordAdminHandler(LabPage, ChangePasswordAdminHandler):
             )  # fmt: skip
             self.finish(html)
             return
-        await super().post(user_name)
+        with hashing.prepared(new, await hashing.new_hash(new)):
+            await super().post(user_name)

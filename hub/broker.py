@@ -125,6 +125,14 @@ class KernelBroker(Application):
         help="""Requests one UID may have in progress at once; more wait their turn, so one
         user cannot take every worker.""",
     )
+    max_waits_per_user = Int(
+        2,
+        config=True,
+        help="""'wait' requests (which block until a kernel ends, up to `max_wait`) one UID
+        may have in progress at once; more wait their turn behind that user's own. The
+        waits share a pool of threads: without this, one member waiting on many kernels
+        could hold all of them and stall everyone's kernel shutdowns.""",
+    )
     max_connections_per_user = Int(
         64, config=True, help="Connections one UID may hold open; more are closed at once."
     )
@@ -190,6 +198,7 @@ class KernelBroker(Application):
             address_hold=self.address_hold,
         )
         self._slots: dict[int, asyncio.Semaphore] = {}
+        self._wait_slots: dict[int, asyncio.Semaphore] = {}
         self._connections: dict[int, int] = defaultdict(int)
         # Open connections -> whether a request on it is being carried out right now.
         self._busy: dict[asyncio.StreamWriter, bool] = {}
@@ -354,9 +363,15 @@ class KernelBroker(Application):
                 await writer.wait_closed()
 
     @contextlib.asynccontextmanager
-    async def _user_slot(self, uid: int) -> AsyncIterator[None]:
+    async def _user_slot(self, uid: int, op: str) -> AsyncIterator[None]:
+        """Fairness: each user's requests queue behind their own, never behind others'."""
         slot = self._slots.setdefault(uid, asyncio.Semaphore(self.max_requests_per_user))
-        async with slot:
+        if op != "wait":
+            async with slot:
+                yield
+            return
+        waits = self._wait_slots.setdefault(uid, asyncio.Semaphore(self.max_waits_per_user))
+        async with waits, slot:
             yield
 
     async def respond(self, peer: Peer, line: bytes) -> dict[str, Any]:
@@ -378,7 +393,7 @@ class KernelBroker(Application):
             target = _printable(str(request.get("container") or "-"), 12)
             if op == "launch" and isinstance(request.get("spec"), dict):
                 target = "kernel " + _printable(str(request["spec"].get("kernel_id")), 40)
-            async with self._user_slot(peer.uid):
+            async with self._user_slot(peer.uid, op):
                 response = await self.operations.handler(op)(peer, request)
             if op == "launch":
                 target = response["result"]["name"]

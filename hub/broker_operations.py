@@ -109,7 +109,9 @@ class BrokerOperations:
         self.max_wait = max_wait
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="broker-docker")
         # Waits block for long; they get their own threads so they never delay launches.
-        self._wait_pool = ThreadPoolExecutor(8, thread_name_prefix="broker-wait")
+        # The broker lets each member hold only a few (max_waits_per_user), so these
+        # threads go round: a few dozen members can wait at once.
+        self._wait_pool = ThreadPoolExecutor(64, thread_name_prefix="broker-wait")
         self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
         self._memory: dict[int, int] = defaultdict(int)  # of launches in progress, likewise
         self._kernel_locks: dict[int, threading.Lock] = {}

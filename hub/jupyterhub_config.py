@@ -40,6 +40,9 @@ c.Authenticator.admin_users = {"admin"}
 c.LabAuthenticator.minimum_password_length = 10
 c.LabAuthenticator.allowed_failed_logins = 5
 c.LabAuthenticator.seconds_before_next_try = 300
+# Rate limits count per client address (see the authenticator's traits for the numbers).
+c.LabAuthenticator.client_address_header = lab.client_address_header
+c.LabAuthenticator.trusted_proxies = lab.trusted_proxies
 c.LabAuthenticator.private_homes = lab.private_homes
 
 # -- users' servers: in this container, as the users, in their homes ------------------------

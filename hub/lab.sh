@@ -39,10 +39,18 @@ MEMBER_MEMORY=${MEMBER_MEMORY:-auto}     # all of one member's kernels; auto: 1/
 HUB_MEMORY=${HUB_MEMORY:-auto}           # the hub container (servers, terminals); auto: 1/4
 HUB_PIDS=${HUB_PIDS:-8192}               # processes in the hub container
 LOG_MAX_SIZE=${LOG_MAX_SIZE:-50m}        # the hub container's log, kept in 3 files
+# A host folder for the homes, ideally its own file system (a member who fills it then
+# cannot fill the disk holding Docker, the hub's database and its logs); empty: a volume in
+# Docker's own storage.
+HOMES_PATH=${HOMES_PATH:-}
+# Where the client's address is, for the sign-up and login rate limits (see the README).
+CLIENT_ADDRESS_HEADER=${CLIENT_ADDRESS_HEADER:-X-Forwarded-For}
+TRUSTED_PROXIES=${TRUSTED_PROXIES:-0}    # reverse proxies of the lab's in front of the port
 # What the hub container is told (labnotebook/hub/settings.py reads them).
 PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
         TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
-        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY)
+        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY
+        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -79,6 +87,29 @@ remove_kernels() {
     fi
 }
 
+# The homes volume; with HOMES_PATH, a named volume bound to that host folder, so the hub and
+# every kernel keep mounting it by name.
+ensure_homes_volume() {
+    if [ -z "$HOMES_PATH" ]; then
+        docker volume inspect "$HOMES_VOLUME" >/dev/null 2>&1 \
+            || docker volume create --label "org.labnotebook.lab=$LAB" "$HOMES_VOLUME" >/dev/null
+        return
+    fi
+    case "$HOMES_PATH" in /*) ;; *) die "HOMES_PATH must be an absolute path; got $HOMES_PATH" ;; esac
+    [ -d "$HOMES_PATH" ] && [ ! -L "$HOMES_PATH" ] \
+        || die "HOMES_PATH=$HOMES_PATH is not a folder on this host: create it (ideally mount a file system of its own there) first"
+    local device
+    if device=$(docker volume inspect -f '{{index .Options "device"}}' "$HOMES_VOLUME" 2>/dev/null); then
+        [ "$device" = "$HOMES_PATH" ] || die "the volume $HOMES_VOLUME already holds the homes \
+(${device:-in Docker's storage}), not HOMES_PATH=$HOMES_PATH. To move them: make backup, make down, \
+docker volume rm $HOMES_VOLUME, then make restore BACKUP=... HOMES_PATH=$HOMES_PATH"
+        return
+    fi
+    docker volume create --label "org.labnotebook.lab=$LAB" --driver local --opt type=none \
+        --opt o=bind --opt "device=$HOMES_PATH" "$HOMES_VOLUME" >/dev/null
+    say "The homes live in $HOMES_PATH ($(df -h --output=size "$HOMES_PATH" | tail -1 | tr -d ' ') file system)"
+}
+
 cmd_up() {
     case "$(container_state)" in
         running) say "The hub $LAB is already running."; print_welcome; return ;;
@@ -88,10 +119,9 @@ cmd_up() {
     command -v curl >/dev/null || die "curl is needed to check that the hub is up"
     [ -S "$DOCKER_SOCKET" ] || die "no Docker socket at $DOCKER_SOCKET (set DOCKER_SOCKET=...)"
     ensure_network
-    for volume in "$HOMES_VOLUME" "$STATE_VOLUME"; do
-        docker volume inspect "$volume" >/dev/null 2>&1 \
-            || docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
-    done
+    ensure_homes_volume
+    docker volume inspect "$STATE_VOLUME" >/dev/null 2>&1 \
+        || docker volume create --label "org.labnotebook.lab=$LAB" "$STATE_VOLUME" >/dev/null
     local migrate=""
     if ! docker volume inspect "$READONLY_VOLUME" >/dev/null 2>&1; then
         docker volume create --label "org.labnotebook.lab=$LAB" "$READONLY_VOLUME" >/dev/null
@@ -274,6 +304,9 @@ cmd_restore() {
 (another LAB=..., or remove it), or replace it with FORCE=yes"
             docker volume rm "$volume" >/dev/null
         fi
+    done
+    ensure_homes_volume
+    for volume in "$STATE_VOLUME" "$READONLY_VOLUME"; do
         docker volume create --label "org.labnotebook.lab=$LAB" "$volume" >/dev/null
     done
     docker run --rm -i -v "$STATE_VOLUME:/srv/state" -v "$HOMES_VOLUME:/home" \

@@ -83,6 +83,13 @@ def _seconds(name: str) -> int:
     return seconds
 
 
+def _count(name: str) -> int:
+    value = _required(name)
+    if not value.isdigit():
+        raise SystemExit(f"{name} must be a whole number, 0 or more; got {value!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class LabSettings:
     """What the operator chose with `make up VAR=…`. Each field names its variable.
@@ -161,6 +168,15 @@ class LabSettings:
     """MEMBER_MEMORY: the most kernel memory one member may hold at once (the sum of their
     kernels' limits); "auto": half the host's memory."""
 
+    client_address_header: str
+    """CLIENT_ADDRESS_HEADER: the header naming a request's client address for the sign-up
+    and login rate limits: X-Forwarded-For (appended by the hub's own proxy), or e.g.
+    X-Real-IP when a reverse proxy in front of the lab sets it."""
+
+    trusted_proxies: int
+    """TRUSTED_PROXIES: reverse proxies of the lab's in front of the hub's port, each
+    appending to X-Forwarded-For (0: browsers connect to the port directly)."""
+
     @classmethod
     def from_env(cls) -> LabSettings:
         """The settings `make up` (hub/lab.sh) passed to the container."""
@@ -184,4 +200,6 @@ class LabSettings:
             kernel_memory=_required("KERNEL_MEMORY"),
             kernel_cpus=_required("KERNEL_CPUS"),
             member_memory=_required("MEMBER_MEMORY"),
+            client_address_header=_required("CLIENT_ADDRESS_HEADER"),
+            trusted_proxies=_count("TRUSTED_PROXIES"),
         )

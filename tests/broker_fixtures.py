@@ -344,6 +344,20 @@ def scenario_launch_many(sock: str, specs: list[dict[str, Any]]) -> dict[str, An
     return {"results": results, "wall_ms": (time.perf_counter() - started) * 1000}
 
 
+def scenario_hold_waits(sock: str, containers: list[str], count: int, timeout: float) -> int:
+    """Start `count` waits on the broker (each its own connection), round-robin over
+    `containers`, and return at once: the waits stay in flight in this process."""
+    from labnotebook.provisioner.broker_client import BrokerEngine
+
+    def hold(container: str) -> None:
+        with contextlib.suppress(Exception):
+            BrokerEngine(sock).wait(container, timeout)
+
+    for n in range(count):
+        threading.Thread(target=hold, args=(containers[n % len(containers)],), daemon=True).start()
+    return count
+
+
 def scenario_timed_hello(sock: str) -> float:
     started = time.perf_counter()
     _engine(sock).hello()

@@ -449,6 +449,38 @@ def test_eight_concurrent_launches_do_not_block_others(lab: Lab) -> None:
 
 
 @pytest.mark.docker
+def test_one_member_holding_many_waits_does_not_stall_others_shutdowns(lab: Lab) -> None:
+    """Waits block a broker thread each until a kernel ends; one member's pile of them must
+    queue behind that member only."""
+    alice, bob, sock = lab.agents["alice"], lab.agents["bob"], lab.broker.socket
+    held = [
+        alice.call("launch_json", sock=sock, spec=kernel_spec(labels={SESSION_LABEL: SESSION}))
+        for _ in range(2)
+    ]
+    hold_seconds = 90.0
+    try:
+        alice.call(
+            "hold_waits", sock=sock, containers=[k["container_id"] for k in held], count=60,
+            timeout=hold_seconds,
+        )  # fmt: skip
+        time.sleep(1)  # alice's waits are in the broker now
+        bobs = bob.call("launch_json", sock=sock, spec=kernel_spec(labels={SESSION_LABEL: SESSION}))
+        started = time.monotonic()
+        bob.call("engine", sock=sock, method="signal", args=[bobs["container_id"], 15])
+        code = bob.call("engine", sock=sock, method="wait", args=[bobs["container_id"], 60])
+        elapsed = time.monotonic() - started
+        bob.call("engine", sock=sock, method="remove", args=[bobs["container_id"]])
+        print(f"bob's shutdown with 60 of alice's waits in flight: {elapsed:.2f} s")
+        assert code == 143
+        # Relative to what alice holds: her waits end after hold_seconds; bob's shutdown
+        # must not have queued behind them.
+        assert elapsed < hold_seconds / 6, elapsed
+    finally:
+        for kernel in held:
+            alice.call("engine", sock=sock, method="remove", args=[kernel["container_id"]])
+
+
+@pytest.mark.docker
 def test_kernels_of_a_stopped_server_are_reaped(
     lab: Lab, docker_client: docker.DockerClient
 ) -> None:

@@ -90,6 +90,7 @@ LAB_SH_ENV = {
     "LAB_TITLE": "Lab Two", "TLS_HOSTNAMES": "hub.example.org, 10.0.0.5", "PLAIN_HTTP": "yes",
     "KERNEL_IDLE_TIMEOUT": "60", "SERVER_IDLE_TIMEOUT": "28800", "SERVER_MAX_AGE": "0",
     "KERNEL_MEMORY": "auto", "KERNEL_CPUS": "auto", "MEMBER_MEMORY": "24g",
+    "CLIENT_ADDRESS_HEADER": "X-Forwarded-For", "TRUSTED_PROXIES": "0",
 }  # fmt: skip
 """What hub/lab.sh hands the container (it always sets every one)."""
 
