@@ -30,7 +30,9 @@ from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.launch import size_in_bytes
 
 from .addresses import AddressBook
+from .broker_builds import ImageService
 from .broker_policy import _TOKEN, LaunchPolicy, Peer, human_bytes
+from .build_policy import BuildPolicy
 
 T = TypeVar("T")
 _NOT_GIVEN = object()
@@ -101,6 +103,7 @@ class BrokerOperations:
         max_kernels_per_user: int | None = 20,
         max_wait: float = 600.0,
         address_hold: float = 300.0,
+        build_policy: BuildPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -116,6 +119,8 @@ class BrokerOperations:
         self._memory: dict[int, int] = defaultdict(int)  # of launches in progress, likewise
         self._kernel_locks: dict[int, threading.Lock] = {}
         self.addresses = AddressBook(policy.network, address_hold, log)
+        self.build_policy = build_policy or BuildPolicy(config=policy.config, log=log)
+        self.images = ImageService(engine, policy, self.build_policy, log)
 
     def handler(self, op: str) -> Callable[[Peer, dict[str, Any]], Any]:
         assert op in OPS
@@ -142,9 +147,12 @@ class BrokerOperations:
 
     async def op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = _arguments(request, "launch", spec=dict)
+        if not isinstance(args["spec"], dict):
+            raise KernelConfigError("A launch request needs a 'spec' object.")
 
         def launch() -> tuple[dict[str, Any], float]:
-            spec = self.policy.admit(peer, args["spec"])
+            member_image = self.images.launchable(peer, args["spec"].get("image"))
+            spec = self.policy.admit(peer, args["spec"], member_image=member_image)
             with self._reserve_kernel(peer.uid, spec.memory or 0):
                 started = time.perf_counter()
                 launched = self.addresses.launch(spec, peer.uid, self.engine)
@@ -303,3 +311,45 @@ class BrokerOperations:
             )
             removed.append(name)
         return removed
+
+    # -- members' images (hub/broker_builds.py) ----------------------------------------------
+
+    async def op_build(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "build", name=str, base=(str, None), size=int)
+        result = await self.run(self.images.begin, peer, args["name"], args["base"], args["size"])
+        return {"ok": True, "result": result}
+
+    async def op_build_data(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "build_data", build=str, data=str, last=(bool, False))
+        result = await self.run(self.images.data, peer, args["build"], args["data"], args["last"])
+        return {"ok": True, "result": result}
+
+    async def op_build_status(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(
+            request, "build_status", build=str, since=(int, 0), wait=((int, float), 2.0)
+        )
+        result = await self.images.status(peer, args["build"], args["since"], float(args["wait"]))
+        return {"ok": True, "result": result}
+
+    async def op_build_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "build_cancel", build=str)
+        await self.run(self.images.cancel, peer, args["build"])
+        return {"ok": True, "result": None}
+
+    async def op_build_log(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "build_log", name=str)
+        text = await self.run(self.images.build_log, peer, args["name"])
+        return {"ok": True, "result": text[-(MAX_LINE // 2) :]}
+
+    async def op_images(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        _arguments(request, "images")
+        return {"ok": True, "result": await self.run(self.images.images, peer)}
+
+    async def op_image_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "image_remove", image=str)
+        return {"ok": True, "result": await self.run(self.images.remove, peer, args["image"])}
+
+    async def op_image_publish(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = _arguments(request, "image_publish", image=str, withdraw=(bool, False))
+        result = await self.run(self.images.publish, peer, args["image"], args["withdraw"])
+        return {"ok": True, "result": result}

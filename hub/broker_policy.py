@@ -40,7 +40,7 @@ from traitlets.config import LoggingConfigurable
 REVIEWED_FIELDS = {
     "kernel_id": "a safe token; it names the container",
     "kernel_name": "printable text, only shown in labels",
-    "image": "must match allowed_images",
+    "image": "must match allowed_images, or be the member's own or a published image",
     "argv": "the member's own program, run as the member",
     "connection": "ports and key, written into the member's container",
     "env": "the member's own environment; HOME/USER/LOGNAME forced to the account's",
@@ -252,8 +252,12 @@ class LaunchPolicy(LoggingConfigurable):
 
     # -- the decision -----------------------------------------------------------------------
 
-    def admit(self, peer: Peer, request: Any) -> KernelContainerSpec:
-        """The spec the broker will launch for `peer`, or a refusal that says why."""
+    def admit(self, peer: Peer, request: Any, member_image: bool = False) -> KernelContainerSpec:
+        """The spec the broker will launch for `peer`, or a refusal that says why.
+
+        `member_image`: the broker found the requested image to be one the peer may run by
+        its recorded owner (their own, or published: hub/broker_builds.py); otherwise the
+        image must match allowed_images."""
         if not isinstance(request, dict):
             raise KernelConfigError("A launch request needs a 'spec' object (KernelSpec JSON).")
         unknown = sorted(set(request) - (set(REVIEWED_FIELDS) & LaunchRequest.field_names()))
@@ -277,7 +281,9 @@ class LaunchPolicy(LoggingConfigurable):
         kernel_name = _text("kernel_name", request["kernel_name"], limit=255)
         if not kernel_name.isprintable():
             raise KernelConfigError("kernel_name must be printable text.")
-        image = self._image(_text("image", request["image"], limit=512))
+        image = _text("image", request["image"], limit=512)
+        if not member_image:
+            image = self._image(image)
         pull_policy = str(request.get("pull_policy") or "never").lower()
         if pull_policy not in [p.lower() for p in self.allowed_pull_policies]:
             raise PermissionRefused(

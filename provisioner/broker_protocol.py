@@ -38,8 +38,13 @@ DEFAULT_SOCKET = "/run/labnotebook/broker.sock"
 # connection cannot make the root daemon buffer without limit.
 MAX_LINE = 1 << 20
 
-# The operations a user may ask for; "reap" additionally needs a root peer.
-OPS = ("hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap")
+# The operations a user may ask for; "reap" additionally needs a root peer. The image ones
+# (hub/broker_builds.py): a build is build, build_data..., build_status... on one connection.
+OPS = (
+    "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap",
+    "build", "build_data", "build_status", "build_cancel", "build_log",
+    "images", "image_remove", "image_publish",
+)  # fmt: skip
 
 # Signals a kernel's owner may send: interrupt, the usual ways to stop, and the user signals
 # some kernels use. Not SIGSTOP/SIGCONT (a stopped kernel looks dead to its server), nor

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .gpus import GpuRequest, gpu_unavailable, is_gpu_driver_error, resolve_gpus
 from .identity import merged_group, merged_passwd
+from .image_checks import refuse_planted_links
 from .mounts import is_mounted
 from .spec import (
     CONNECTION_DIR,
@@ -69,6 +70,7 @@ class DockerEngine:
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
         self._image_files: dict[str, tuple[str, str]] = {}
+        self._plain_images: set[tuple[str, tuple[str, ...]]] = set()
         self._image_details: dict[str, dict[str, Any]] = {}
         self._networks: set[str] = set()
         self._network_lock = threading.Lock()
@@ -144,6 +146,7 @@ class DockerEngine:
             )
             container_id = self._create(spec, gpus)
             try:
+                self._check_plain_paths(spec, image_id, container_id)
                 self.api.put_archive(
                     container_id, "/", self._files_archive(spec, image_id, container_id)
                 )
@@ -363,6 +366,20 @@ class DockerEngine:
             self._image_files[image_id] = (texts[0], texts[1])
         return self._image_files[image_id]
 
+    def _check_plain_paths(
+        self, spec: KernelContainerSpec, image_id: str, container_id: str
+    ) -> None:
+        """Refuse an image whose paths the launch writes are symlinks (image_checks.py)."""
+        folders = [CONNECTION_DIR]
+        if not is_mounted(spec.identity.home, spec.mounts):
+            folders.append(spec.identity.home)
+        key = (image_id, tuple(folders))
+        if key not in self._plain_images:
+            refuse_planted_links(
+                self.api, container_id, spec.image, ["/etc/passwd", "/etc/group"], folders
+            )
+            self._plain_images.add(key)
+
     def _files_archive(self, spec: KernelContainerSpec, image_id: str, container_id: str) -> bytes:
         """One tar with the user's account entries, the connection file and, if unmounted, home."""
         passwd, group = self._image_account_files(image_id, container_id)
@@ -484,6 +501,7 @@ class DockerEngine:
             exit_code=None if running else int(state.get("ExitCode", -1)),
             oom_killed=bool(state.get("OOMKilled")),
             error=state.get("Error") or "",
+            memory_limit=int((details.get("HostConfig") or {}).get("Memory") or 0),
         )
 
     def signal(self, container_id: str, signum: int) -> None:
