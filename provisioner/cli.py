@@ -149,6 +149,10 @@ def parser() -> argparse.ArgumentParser:
     inst.set_defaults(run=cmd_kernelspec_install)
     lst = specs.add_parser("list", help="list bundled kernelspecs")
     lst.set_defaults(run=cmd_kernelspec_list)
+
+    from .kernel_cli import add_parser as add_kernel
+
+    add_kernel(groups)
     return top
 
 
