@@ -1,0 +1,636 @@
+"""`labnotebook export`: a saved notebook -> a stand-alone image that re-runs it and checks.
+
+The image is built `FROM` the exact image ID the notebook's record names (`record.py`), with
+the notebook and only the files named with `--data`, at the paths they have here (so relative
+and absolute paths in the notebook keep working), owned by a non-root user who runs it. On top
+come a small venv with nbclient and JupyterLab, installed from a wheelhouse the lab already
+has (the hub image's), so exports build without the network, and `reproduce.py`, which re-runs
+the notebook and compares outputs cell by cell (`docker run IMAGE`) or serves JupyterLab
+(`docker run IMAGE serve`).
+
+Everything that can be refused is refused before anything is built: no record, the recorded
+image gone, a data file that cannot be read or lies outside the home. Who builds is a
+`Builder`: `EngineBuilder` talks to the Docker engine (a laptop); in the hub, members have no
+engine, and the build goes through the kernel broker (`BrokerBuilder`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from .errors import KernelLaunchError
+from .record import read_record
+
+EXPORT_PREFIX = "/opt/labnotebook-export"
+EXPORT_UID = 1000
+EXPORT_USER = "researcher"
+RUNNER_PACKAGES = ("nbclient", "nbformat", "jupyterlab")
+HUB_IMAGE = os.environ.get("LABNOTEBOOK_HUB_IMAGE", "labnotebook/hub:latest")
+HUB_WHEELHOUSE = "/opt/labnotebook/share/labnotebook/wheelhouse"
+SHARED_ROOT = "/home/shared"
+_NAME = re.compile(
+    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$"
+)
+
+
+class ExportRefused(KernelLaunchError):
+    """An export that cannot be made as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str
+    """The file as read here (symlinks resolved)."""
+    target: str
+    """Where it goes in the image: the absolute path the notebook knows it by."""
+    size: int
+
+
+@dataclass
+class ExportPlan:
+    notebook: Item
+    record: dict[str, Any]
+    data: list[Item]
+    name: str
+    home: str
+    created: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+
+    @property
+    def items(self) -> list[Item]:
+        return [self.notebook, *self.data]
+
+    @property
+    def total(self) -> int:
+        return sum(i.size for i in self.items)
+
+
+# -- planning: every refusal happens here, before anything is built ---------------------------
+
+
+def allowed_roots(home: str | None = None) -> list[str]:
+    """Where exported files may come from: the member's home and the lab's shared folder."""
+    return [os.path.abspath(home or os.path.expanduser("~")), SHARED_ROOT]
+
+
+def _within(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _readable(path: str, shown: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+            return os.fstat(f.fileno()).st_size
+    except PermissionError:
+        raise ExportRefused(
+            f"Cannot read {shown}: permission denied. Only files you can read go into an "
+            "export; ask their owner to share them (or leave them out)."
+        ) from None
+    except IsADirectoryError:
+        raise
+    except OSError as e:
+        raise ExportRefused(f"Cannot read {shown}: {e.strerror or e}.") from None
+
+
+def _item(given: str, roots: list[str]) -> Iterator[Item]:
+    """The files of one --data argument (a file, or a folder's files)."""
+    target = os.path.abspath(given)
+    real = os.path.realpath(target)
+    for path, what in ((target, "is"), (real, "leads to")):
+        if not _within(path, roots):
+            raise ExportRefused(
+                f"{given} {what} {path}, outside your home ({roots[0]}) and {SHARED_ROOT}. Only "
+                "files from there go into an export: copy what the analysis needs into your "
+                "home (de-identified) and name that copy."
+            )
+    if not os.path.lexists(target):
+        raise ExportRefused(f"{given}: no such file or folder.")
+    if os.path.isdir(real):
+        if not os.access(real, os.R_OK | os.X_OK):
+            raise ExportRefused(f"Cannot read the folder {given}: permission denied.")
+        for folder, dirs, files in os.walk(target, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                yield from _item(os.path.join(folder, name), roots)
+        return
+    yield Item(real, target, _readable(real, given))
+
+
+def plan_export(
+    notebook: str, data: list[str], name: str | None = None, home: str | None = None
+) -> ExportPlan:
+    roots = allowed_roots(home)
+    [nb] = list(_item(notebook, roots))
+    record = read_record(nb.source)
+    if record is None:
+        raise ExportRefused(
+            f"{notebook} records no kernel image (no metadata.labnotebook): it was not saved "
+            "while a labnotebook Docker kernel was attached. Open it in the lab (or in "
+            "JupyterLab with the labnotebook server extension), run it on a Docker kernel, "
+            "save it, then export."
+        )
+    items: dict[str, Item] = {}
+    for given in data:
+        for item in _item(given, roots):
+            if item.target != nb.target:
+                items.setdefault(item.target, item)
+    return ExportPlan(
+        notebook=nb,
+        record=record,
+        data=list(items.values()),
+        name=image_name(name, nb.target),
+        home=roots[0],
+    )
+
+
+def image_name(name: str | None, notebook: str) -> str:
+    if name is None:
+        stem = re.sub(r"[^a-z0-9]+", "-", Path(notebook).stem.lower()).strip("-") or "notebook"
+        name = f"{stem}-export"
+    if not _NAME.match(name):
+        raise ExportRefused(
+            f"{name!r} is not a valid image name: lowercase letters, digits, '.', '_', '-' and "
+            "'/', optionally ':TAG', e.g. --name smith2026-figure3:v1."
+        )
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def missing_image_message(plan: ExportPlan, notebook: str, where: str) -> str:
+    record = plan.record
+    labels = record.get("labels") or {}
+    rebuild = (
+        "rebuild it from its context with `labnotebook kernel build` (its context digest "
+        f"{labels['org.labnotebook.context-digest']} tells whether a context is the same)"
+        if "org.labnotebook.context-digest" in labels
+        else "a rebuild makes a different image, so re-running is the way back"
+    )
+    return (
+        f"The image {notebook} ran on is gone from {where}: {record['image_id'][:19]}... "
+        f"({record.get('image')}, recorded {record.get('recorded_at')}). An export must start "
+        f"from exactly that image. Load it again if you have an archive of it (`docker load "
+        f"-i FILE.tar.gz`), or {rebuild}: re-run the notebook on a current kernel image "
+        "(Kernel > Restart Kernel and Run All Cells), save it - its record then names the new "
+        "image - check the results, and export again."
+    )
+
+
+# -- the build context -----------------------------------------------------------------------
+
+
+def dockerfile(plan: ExportPlan) -> str:
+    record = plan.record
+    argv = record.get("kernel_argv") or [
+        "python3",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
+    ]
+    kernelspec = record.get("kernelspec") or "python3"
+    notebook_dir = os.path.dirname(plan.notebook.target)
+    user_home = plan.home if _within(plan.notebook.target, [plan.home]) else f"/home/{EXPORT_USER}"
+    labels = {
+        "org.labnotebook.export.notebook": plan.notebook.target,
+        "org.labnotebook.export.base-image-id": record["image_id"],
+        "org.labnotebook.export.base-image": str(record.get("image") or ""),
+        "org.labnotebook.export.created": plan.created,
+        "org.opencontainers.image.created": plan.created,
+        "org.opencontainers.image.title": f"Reproduction of {os.path.basename(plan.notebook.target)}",
+    }
+    q = json.dumps
+    label_lines = " \\\n      ".join(f"{q(k)}={q(v)}" for k, v in labels.items())
+    tops = sorted({"/" + item.target.strip("/").split("/")[0] for item in plan.items})
+    return f"""\
+# Generated by `labnotebook export` ({plan.created}): re-runs {os.path.basename(plan.notebook.target)}
+# on the exact image it ran on, and compares the outputs with the saved ones.
+FROM {record["image_id"]}
+USER root
+# The runner (nbclient) and JupyterLab in their own venv, from the lab's wheelhouse: offline.
+COPY wheels /tmp/labnotebook-wheels
+RUN python3 -m venv {EXPORT_PREFIX} \\
+ && {EXPORT_PREFIX}/bin/pip install --no-index --no-cache-dir -q --disable-pip-version-check \\
+        --find-links /tmp/labnotebook-wheels {" ".join(RUNNER_PACKAGES)} \\
+ && rm -rf /tmp/labnotebook-wheels {EXPORT_PREFIX}/share/jupyter/kernels/python3
+COPY reproduce.py {EXPORT_PREFIX}/reproduce.py
+RUN {EXPORT_PREFIX}/bin/python {EXPORT_PREFIX}/reproduce.py install-kernelspec \\
+        {q(kernelspec)} {q(record.get("language") or "python")} {q(json.dumps(argv))}
+# A non-root user owns and runs everything (UID {EXPORT_UID}; an image's own user with that UID is kept).
+RUN (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/passwd \\
+     || echo '{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{user_home}:/bin/sh' >> /etc/passwd) \\
+ && (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/group || echo '{EXPORT_USER}:x:{EXPORT_UID}:' >> /etc/group) \\
+ && mkdir -p {q(user_home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(user_home)} /reproduce
+{"".join(f"COPY --chown={EXPORT_UID}:{EXPORT_UID} files{top}/ {top}/{chr(10)}" for top in tops)}\
+LABEL {label_lines}
+ENV HOME={q(user_home)} LABNOTEBOOK_NOTEBOOK={q(plan.notebook.target)} LABNOTEBOOK_REPORT_DIR=/reproduce
+USER {EXPORT_UID}:{EXPORT_UID}
+WORKDIR {q(notebook_dir)}
+EXPOSE 8888
+ENTRYPOINT ["{EXPORT_PREFIX}/bin/python", "{EXPORT_PREFIX}/reproduce.py"]
+CMD ["check"]
+"""
+
+
+def write_context(plan: ExportPlan, wheelhouse: Path, out: IO[bytes]) -> None:
+    """The build context as a tar: Dockerfile, runner, wheels, and the files - nothing else."""
+    with tarfile.open(fileobj=out, mode="w") as tar:
+
+        def add_bytes(name: str, data: bytes, mode: int = 0o644) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes("Dockerfile", dockerfile(plan).encode())
+        add_bytes("reproduce.py", (Path(__file__).parent / "reproduce.py").read_bytes())
+        wheels = sorted(p for p in wheelhouse.iterdir() if p.name.endswith(".whl"))
+        for wheel in wheels:
+            tar.add(str(wheel), f"wheels/{wheel.name}", recursive=False, filter=_plain)
+        if not wheels:
+            raise ExportRefused(f"The wheelhouse {wheelhouse} holds no wheels.")
+        for item in plan.items:
+            # Opened by us (not tar.add of a path): what is added is what was checked.
+            with open(item.source, "rb") as f:
+                info = tarfile.TarInfo("files" + item.target)
+                info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
+                tar.addfile(info, f)
+
+
+def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o644
+    return info
+
+
+# -- wheelhouse: what the lab already has ------------------------------------------------------
+
+
+def find_wheelhouse(given: str | None, builder: Builder) -> Path:
+    """The wheels of nbclient, nbformat and JupyterLab, from (in order) --wheelhouse /
+    LABNOTEBOOK_WHEELHOUSE, the hub's venv, the hub image, ~/.cache/labnotebook/wheelhouse."""
+    candidates = [given, os.environ.get("LABNOTEBOOK_WHEELHOUSE"), HUB_WHEELHOUSE]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.whl")):
+            return Path(candidate)
+    if given:
+        raise ExportRefused(f"--wheelhouse {given}: no folder with wheels there.")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labnotebook"
+    extracted = builder.wheelhouse_from_image(HUB_IMAGE, cache)
+    if extracted is not None:
+        return extracted
+    mine = cache / "wheelhouse"
+    if mine.is_dir() and any(mine.glob("*.whl")):
+        return mine
+    raise ExportRefused(
+        "No wheelhouse for the runner (nbclient, nbformat, JupyterLab): the hub image "
+        f"{HUB_IMAGE} is not on this engine and {mine} is empty. Build the hub image "
+        "(`make hub-image` in the labnotebook checkout), or fetch the wheels once with "
+        f"`{sys.executable} -m pip wheel -w {mine} {' '.join(RUNNER_PACKAGES)}`."
+    )
+
+
+# -- builders ----------------------------------------------------------------------------------
+
+
+class Builder(Protocol):
+    def where(self) -> str: ...
+
+    def image_exists(self, image_id: str) -> bool: ...
+
+    def image_size(self, ref: str) -> int: ...
+
+    def wheelhouse_from_image(self, image: str, cache: Path) -> Path | None: ...
+
+    def build(self, context: IO[bytes], tag: str, progress: Callable[[str], None]) -> str:
+        """Build and tag; the image ID. On failure nothing is tagged; raise with the output."""
+        ...
+
+    def save(self, ref: str, out: IO[bytes]) -> None: ...
+
+    def remove(self, ref: str) -> None: ...
+
+
+class EngineBuilder:
+    """Exports on a Docker engine the member may use directly (a laptop, a workstation)."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        from .engine import DockerEngine
+
+        self.engine = DockerEngine.shared(base_url)
+
+    def where(self) -> str:
+        return f"the Docker engine at {self.engine.where()}"
+
+    def image_exists(self, image_id: str) -> bool:
+        import docker.errors
+
+        try:
+            self.engine.call(self.engine.api.inspect_image, image_id)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def image_size(self, ref: str) -> int:
+        return int(self.engine.call(self.engine.api.inspect_image, ref)["Size"])
+
+    def wheelhouse_from_image(self, image: str, cache: Path) -> Path | None:
+        """The hub image's wheelhouse, copied out once per image ID (no network)."""
+        import docker.errors
+
+        api = self.engine.api
+        try:
+            image_id = self.engine.call(api.inspect_image, image)["Id"]
+        except docker.errors.ImageNotFound:
+            return None
+        folder = cache / f"wheelhouse-{image_id.split(':')[-1][:12]}"
+        if folder.is_dir() and any(folder.glob("*.whl")):
+            return folder
+        container = self.engine.call(api.create_container, image_id, command=["true"])["Id"]
+        try:
+            stream, _ = api.get_archive(container, HUB_WHEELHOUSE + "/.")
+            staging = Path(tempfile.mkdtemp(prefix="wheelhouse-", dir=_mkdir(cache)))
+            with tarfile.open(fileobj=_Chunks(stream), mode="r|") as tar:
+                for member in tar:
+                    if member.isfile() and member.name.endswith(".whl"):
+                        extracted = tar.extractfile(member)
+                        assert extracted is not None
+                        with open(staging / os.path.basename(member.name), "wb") as f:
+                            shutil.copyfileobj(extracted, f)
+        except docker.errors.NotFound:
+            return None  # a hub image from before exports
+        finally:
+            self.engine.remove(container)
+        if not any(staging.glob("*.whl")):
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+        staging.rename(folder)
+        return folder
+
+    def build(self, context: IO[bytes], tag: str, progress: Callable[[str], None]) -> str:
+        api = self.engine.api
+        output: list[str] = []
+        image_id = ""
+        for chunk in api.build(
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True
+        ):
+            if "error" in chunk:
+                tail = "".join(output[-25:])
+                raise KernelLaunchError(
+                    f"Building the export failed: {chunk['error'].strip()}\nIts last lines:\n{tail}"
+                )
+            text = chunk.get("stream", "")
+            if text:
+                output.append(text)
+                if text.startswith("Step "):
+                    progress("  " + text.strip()[:110])
+            if "aux" in chunk:
+                image_id = chunk["aux"].get("ID", image_id)
+        return image_id or api.inspect_image(tag)["Id"]
+
+    def save(self, ref: str, out: IO[bytes]) -> None:
+        for chunk in self.engine.call(self.engine.api.get_image, ref):
+            out.write(chunk)
+
+    def remove(self, ref: str) -> None:
+        self.engine.call(self.engine.api.remove_image, ref)
+
+
+class BrokerBuilder(EngineBuilder):
+    """Exports in the lab hub, where members have no engine: the kernel broker's `build`."""
+
+    def __init__(self, socket_path: str) -> None:  # noqa: D107 - see hub path in the README
+        raise ExportRefused(
+            "Exporting from the lab hub needs the kernel broker's image builds, which this "
+            "lab's version does not have yet. Ask the lab's admin, or export on a machine with "
+            f"Docker (copy the notebook and its data there). Broker: {socket_path}."
+        )
+
+
+class _Chunks(io.RawIOBase):
+    """A file over an iterator of byte chunks (the engine's archive stream)."""
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def human(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
+def export(
+    notebook: str,
+    data: list[str],
+    *,
+    name: str | None,
+    builder: Builder,
+    archive: bool = False,
+    output: str | None = None,
+    wheelhouse: str | None = None,
+    compress_level: int = 6,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    plan = plan_export(notebook, data, name)
+    if not builder.image_exists(plan.record["image_id"]):
+        raise ExportRefused(missing_image_message(plan, notebook, builder.where()))
+    archive_dir = Path(output or f"{plan.name.split(':')[0].replace('/', '-')}-export")
+    if archive and archive_dir.exists() and not archive_dir.is_dir():
+        raise ExportRefused(f"--output {archive_dir} exists and is not a folder.")
+    wheels = find_wheelhouse(wheelhouse, builder)
+
+    say(f"Exporting {notebook} as {plan.name}, FROM {plan.record['image_id']}")
+    say(f"  ({plan.record.get('image')}, recorded {plan.record.get('recorded_at')})")
+    say("What goes into the image:")
+    for item in plan.items:
+        say(f"  {human(item.size):>9}  {item.target}")
+    say(f"  {human(plan.total):>9}  in {len(plan.items)} file(s)")
+    say(
+        "Anyone who gets this image can read every file listed: remove names, IDs, dates of "
+        "birth and anything else that identifies people (in the data and in the notebook's "
+        "outputs) before you share it."
+    )
+    with tempfile.TemporaryFile(prefix="labnotebook-export-") as context:
+        write_context(plan, wheels, context)
+        context.seek(0)
+        image_id = builder.build(context, plan.name, say)
+    base_size = builder.image_size(plan.record["image_id"])
+    size = builder.image_size(image_id)
+    result: dict[str, Any] = {
+        "image": plan.name,
+        "image_id": image_id,
+        "base_image_id": plan.record["image_id"],
+        "added_bytes": size - base_size,
+        "files": [{"path": i.target, "size": i.size} for i in plan.items],
+    }
+    say(f"Built {plan.name} ({image_id[:19]}), {human(size - base_size)} over its base image.")
+    say(
+        f"  docker run --rm --network none {plan.name}          # re-run and compare, exit 0 if reproduced"
+    )
+    say(
+        f"  docker run --rm -p 127.0.0.1:8888:8888 {plan.name} serve   # JupyterLab (token in the log)"
+    )
+    if archive:
+        archive_dir.mkdir(parents=True, exist_ok=True)
+        base = plan.name.replace("/", "-").replace(":", "-")
+        tarball = archive_dir / f"{base}.tar.gz"
+        partial = tarball.with_suffix(".gz.partial")
+        try:
+            with gzip.open(partial, "wb", compresslevel=compress_level) as out:
+                builder.save(plan.name, out)  # type: ignore[arg-type]
+            partial.rename(tarball)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        (archive_dir / "REPRODUCING.md").write_text(reproducing_md(plan, image_id, tarball.name))
+        result["archive"] = str(tarball)
+        say(
+            f"Wrote {tarball} ({human(tarball.stat().st_size)}) and {archive_dir / 'REPRODUCING.md'}"
+        )
+    return result
+
+
+def reproducing_md(plan: ExportPlan, image_id: str, tarball: str) -> str:
+    record = plan.record
+    notebook = os.path.basename(plan.notebook.target)
+    files = "\n".join(f"| `{i.target}` | {human(i.size)} |" for i in plan.items)
+    from . import reproduce
+
+    compared = (reproduce.__doc__ or "").split("What is compared (the documented normalisations):")[
+        -1
+    ]
+    return f"""# Reproducing {notebook}
+
+This archive holds a container image (`{tarball}`, made with `docker save`) that contains
+the notebook `{notebook}`, the data it reads, and the exact software environment it ran in,
+and re-runs the notebook to check that it gives the same results.
+
+## Run it
+
+Needs Docker (or Podman) on Linux, macOS or Windows; no network is needed.
+
+```bash
+docker load -i {tarball}
+docker run --rm --network none {plan.name}
+```
+
+It re-executes every cell and compares the new outputs with the saved ones, cell by cell,
+printing one line per cell; the exit status is 0 only if every required output matches.
+To keep the report (`report.md`, `report.json`) and the re-executed notebook:
+
+```bash
+docker run --name reproduce --network none {plan.name}; docker cp reproduce:/reproduce ./reproduce; docker rm reproduce
+```
+
+To explore it in JupyterLab:
+
+```bash
+docker run --rm -p 127.0.0.1:8888:8888 {plan.name} serve
+```
+
+and open the `http://127.0.0.1:8888/lab?token=...` address it prints (`-e JUPYTER_TOKEN=...`
+chooses the token).
+
+## What is in it
+
+* the kernel image the notebook was run on: `{record.get("image")}`, image ID
+  `{record["image_id"]}` (recorded {record.get("recorded_at")}){", repo digests " + ", ".join(f"`{d}`" for d in record.get("repo_digests") or []) if record.get("repo_digests") else ""};
+* on top of it (image `{image_id}`): nbclient and JupyterLab in `{EXPORT_PREFIX}`, the
+  checking script `{EXPORT_PREFIX}/reproduce.py`, and these files, at the paths they had:
+
+| file | size |
+| --- | --- |
+{files}
+
+Everything runs as an unprivileged user (UID {EXPORT_UID}).
+
+## What is compared
+{compared}"""
+
+
+def main(args: Any) -> int:
+    if args.broker_socket or os.environ.get("LABNOTEBOOK_BROKER_SOCKET"):
+        builder: Builder = BrokerBuilder(
+            args.broker_socket or os.environ["LABNOTEBOOK_BROKER_SOCKET"]
+        )
+    else:
+        builder = EngineBuilder(args.docker_host)
+    result = export(
+        args.notebook,
+        args.data or [],
+        name=args.name,
+        builder=builder,
+        archive=args.archive,
+        output=args.output,
+        wheelhouse=args.wheelhouse,
+        compress_level=args.compress_level,
+    )
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def add_parser(groups: Any) -> None:
+    """`labnotebook export ...` (registered by cli.py)."""
+    p = groups.add_parser(
+        "export",
+        help="build a stand-alone image that re-runs a saved notebook and checks its results",
+        description=__doc__,
+    )
+    p.add_argument("notebook", help="the saved notebook (.ipynb) whose record names its image")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="files or folders the notebook reads (only these go in, at the same paths)",
+    )
+    p.add_argument("--name", help="image name[:tag] (default: NOTEBOOK-export:latest)")
+    p.add_argument(
+        "--archive", action="store_true", help="also write `docker save | gzip` and REPRODUCING.md"
+    )
+    p.add_argument("--output", help="folder for --archive (default: NAME-export)")
+    p.add_argument("--compress-level", type=int, default=6, choices=range(1, 10), metavar="1-9")
+    p.add_argument("--wheelhouse", help="folder of nbclient/JupyterLab wheels (default: the lab's)")
+    p.add_argument("--broker-socket", help="export through the lab's kernel broker (in the hub)")
+    p.add_argument("--json", action="store_true", help="print what was built as JSON")
+    p.set_defaults(run=main)
