@@ -3,6 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 BASE_IMAGE ?= labnotebook/base:bookworm
 KERNEL_IMAGE ?= labnotebook/kernel-python:latest
+# Sample kernels (README: "Sample kernels"): R, CUDA Python, and MATLAB from an admin's recipe.
+KERNEL_R_IMAGE ?= labnotebook/kernel-r:latest
+KERNEL_GPU_IMAGE ?= labnotebook/kernel-gpu:latest
+KERNEL_MATLAB_IMAGE ?= labnotebook/kernel-matlab:latest
 HUB_IMAGE ?= labnotebook/hub:latest
 # A CA bundle to trust inside image builds (TLS-inspecting proxies); empty: none.
 EXTRA_CA_CERT ?=
@@ -20,6 +24,10 @@ help:
 	@echo "make test        run the test suite against the real Docker engine"
 	@echo "make images      build the base, kernel and hub images"
 	@echo "make kernelspec  install the Docker Python kernelspec for this user"
+	@echo "                 (and those of the sample kernels whose images are built)"
+	@echo "make kernel-r    build the R kernel image (IRkernel, Debian's r-cran-* packages)"
+	@echo "make kernel-gpu  build the CUDA Python kernel image (PyTorch; GBs from PyPI)"
+	@echo "make kernel-matlab LICENSE_SERVER=PORT@HOST  build the MATLAB kernel (see its README)"
 	@echo "make bench       kernel start/shutdown vs the Docker SDK floor, broker and hub figures"
 	@echo "make lint        ruff"
 	@echo "make lock        re-resolve the hub image's exact dependency versions"
@@ -40,14 +48,52 @@ images: kernel-image hub-image
 images-if-missing: base-image
 	@docker image inspect $(KERNEL_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory kernel-image
 
+# The sample kernels' kernelspecs only where their image exists: a launcher entry for a
+# missing image would only ever fail.
 kernelspec:
-	labnotebook kernelspec install --user
+	labnotebook kernelspec install --user python-docker
+	@for sample in r-docker=$(KERNEL_R_IMAGE) python-gpu-docker=$(KERNEL_GPU_IMAGE); do \
+		name=$${sample%%=*} image=$${sample#*=}; \
+		if docker image inspect "$$image" >/dev/null 2>&1; then \
+			labnotebook kernelspec install --user --image "$$image" "$$name" || exit 1; \
+		else \
+			echo "Skipped kernelspec $$name: no image $$image"; \
+		fi; \
+	done
+
+# -- sample kernels ---------------------------------------------------------------------------
+.PHONY: kernel-r kernel-r-if-missing kernel-gpu kernel-matlab
+
+# R from Debian's packages (no CRAN): about a minute and 540 MB. `make test` builds it too.
+kernel-r: base-image
+	images/build.sh kernel-r $(KERNEL_R_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
+	@echo "Offer it: make kernelspec (this user's Jupyter); see README, Sample kernels"
+
+kernel-r-if-missing: base-image
+	@docker image inspect $(KERNEL_R_IMAGE) >/dev/null 2>&1 || $(MAKE) --no-print-directory kernel-r
+
+# PyTorch's CUDA wheels on top of the lab's Python kernel: GBs from PyPI, so never built by
+# `make images` or `make test`.
+# TORCH_INDEX_URL: PyTorch's index for an older CUDA (older drivers); see its Dockerfile.
+TORCH_INDEX_URL ?=
+kernel-gpu: images-if-missing
+	images/build.sh kernel-gpu $(KERNEL_GPU_IMAGE) --build-arg KERNEL_IMAGE=$(KERNEL_IMAGE) \
+		--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)
+
+# The licence server's address is a build argument; no licence file ever enters the image.
+LICENSE_SERVER ?=
+MATLAB_RELEASE ?= R2024b
+kernel-matlab: base-image
+	@[ -n "$(LICENSE_SERVER)" ] || { echo "make kernel-matlab: set LICENSE_SERVER to the lab's network licence server, e.g. LICENSE_SERVER=27000@licence.example.org (see images/kernel-matlab/README.md)" >&2; exit 2; }
+	images/build.sh kernel-matlab $(KERNEL_MATLAB_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg "MATLAB_RELEASE=$(MATLAB_RELEASE)" --build-arg "LICENSE_SERVER=$(LICENSE_SERVER)"
+	@echo "Offer it: jupyter kernelspec install --user --name matlab-docker images/kernel-matlab/kernelspec"
 
 lint:
 	ruff check provisioner hub tests
 	ruff format --check provisioner hub tests
 
-test: install images-if-missing
+test: install images-if-missing kernel-r-if-missing
 	$(PYTHON) -m pytest -v -ra
 
 test-fast: install
