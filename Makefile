@@ -83,10 +83,12 @@ kernel-gpu: images-if-missing
 # The licence server's address is a build argument; no licence file ever enters the image.
 LICENSE_SERVER ?=
 MATLAB_RELEASE ?= R2024b
+MATLAB_PRODUCTS ?= MATLAB
 kernel-matlab: base-image
 	@[ -n "$(LICENSE_SERVER)" ] || { echo "make kernel-matlab: set LICENSE_SERVER to the lab's network licence server, e.g. LICENSE_SERVER=27000@licence.example.org (see images/kernel-matlab/README.md)" >&2; exit 2; }
 	images/build.sh kernel-matlab $(KERNEL_MATLAB_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-		--build-arg "MATLAB_RELEASE=$(MATLAB_RELEASE)" --build-arg "LICENSE_SERVER=$(LICENSE_SERVER)"
+		--build-arg "MATLAB_RELEASE=$(MATLAB_RELEASE)" --build-arg "MATLAB_PRODUCTS=$(MATLAB_PRODUCTS)" \
+		--build-arg "LICENSE_SERVER=$(LICENSE_SERVER)"
 	@echo "Offer it: jupyter kernelspec install --user --name matlab-docker images/kernel-matlab/kernelspec"
 
 lint:
