@@ -120,8 +120,8 @@ def test_the_kernelspec_is_bundled_and_plain() -> None:
     provisioner = spec["metadata"]["kernel_provisioner"]
     assert provisioner["provisioner_name"] == "labnotebook-docker"
     assert provisioner["config"]["image"] == "labnotebook/kernel-r:latest"
-    # IRkernel's sockets (pbdZMQ) take no CurveZMQ keys: declaring "curve" would make the
-    # provisioner hand the kernel keys it ignores, and the server could not connect.
+    # IRkernel's sockets (pbdZMQ) take no CurveZMQ keys: with "curve" declared, the server
+    # would speak CurveZMQ to a kernel that does not.
     assert "curve" not in spec["metadata"].get("supported_encryption", [])
 
 
