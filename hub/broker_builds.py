@@ -247,11 +247,14 @@ class ImageService:
 
     async def status(self, peer: Peer, build: str, since: int, wait: float) -> dict[str, Any]:
         job = self._job(peer, build)
-        deadline = time.monotonic() + max(0.0, min(wait, 10.0))
+        called = time.monotonic()
+        deadline = called + max(0.0, min(wait, 10.0))
         while True:
             lines, following = job.log.since(since)
             finished = job.state in ("done", "failed")
-            if lines or finished or time.monotonic() >= deadline:
+            now = time.monotonic()
+            # New lines go out in batches of about a second: prompt, and not a request per line.
+            if finished or now >= deadline or (lines and now - called >= min(wait, 1.0)):
                 break
             await asyncio.sleep(0.1)
         lines = lines[:MAX_STATUS_LINES]
