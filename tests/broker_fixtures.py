@@ -443,6 +443,10 @@ def _preload() -> None:
 
 def _agent_main(uid: int) -> None:
     _preload()
+    # More scenarios from other test modules (imported now, while /root is readable).
+    for module in filter(None, os.environ.get("LNBTEST_SCENARIOS", "").split(",")):
+        extra = __import__(module, fromlist=["SCENARIOS"])
+        SCENARIOS.update(extra.SCENARIOS)
     entry = pwd.getpwuid(uid)
     os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
