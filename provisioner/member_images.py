@@ -81,6 +81,7 @@ class MemberImage:
     owner_uid: int
     built: str
     context_digest: str
+    base: str
     size: int
     added: int
     tags: list[str]
@@ -110,6 +111,7 @@ class MemberImage:
             owner_uid=uid,
             built=labels.get(BUILT, ""),
             context_digest=labels.get(CONTEXT_DIGEST, ""),
+            base=labels.get(BASE, ""),
             size=size,
             added=max(0, size - base_size),
             tags=[t for t in details.get("RepoTags") or [] if t != "<none>:<none>"],

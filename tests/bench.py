@@ -10,7 +10,9 @@ with the runs interleaved:
 
 Then, for the lab hub: what the kernel broker adds per launch against DockerEngine.launch
 directly (tests/bench_broker.py), and login -> server ready on a throwaway hub
-(tests/hub/bench_hub.py). `python -m tests.bench [kernels] [broker] [hub]` runs a part.
+(tests/hub/bench_hub.py), and a requirements.txt kernel build through the broker against
+`docker build` of the same steps, cold and warm (tests/bench_builds.py).
+`python -m tests.bench [kernels] [broker] [builds] [hub]` runs a part.
 
 Start = start_kernel() -> first kernel_info reply. Shutdown = shutdown_kernel() -> container
 gone (process gone, for local). Concurrent = wall time until 8 kernels started together are
@@ -260,6 +262,14 @@ def broker_figures() -> dict[str, float]:
     }
 
 
+def build_figures() -> dict[str, float]:
+    """A requirements.txt kernel build through the broker against `docker build` of the same
+    steps, cold and warm (tests/bench_builds.py; needs root: it runs the broker)."""
+    from .bench_builds import measure
+
+    return measure(max(3, ROUNDS // 2))
+
+
 def hub_figures() -> dict[str, float]:
     """Login to server ready, on a throwaway hub started with `make up`."""
     from .hub.bench_hub import measure
@@ -268,7 +278,7 @@ def hub_figures() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["kernels", "broker", "hub"]
+    parts = sys.argv[1:] or ["kernels", "broker", "builds", "hub"]
     results: dict[str, float] = {}
     if "kernels" in parts:
         results.update(asyncio.run(main()))
@@ -277,6 +287,11 @@ if __name__ == "__main__":
             results.update(broker_figures())
         else:
             print("(broker figures skipped: they need root, which runs the broker)")
+    if "builds" in parts:
+        if os.geteuid() == 0:
+            results.update(build_figures())
+        else:
+            print("(build figures skipped: they need root, which runs the broker)")
     if "hub" in parts:
         results.update(hub_figures())
     report(results)
