@@ -13,13 +13,23 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
+
+def _lower_priority() -> None:
+    # Linux schedules threads separately: new passwords (sign-ups, a flood of them) yield
+    # the CPU to members' logins.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 _LOGINS = ThreadPoolExecutor(2, thread_name_prefix="bcrypt-login")
-_NEW_PASSWORDS = ThreadPoolExecutor(1, thread_name_prefix="bcrypt-new")
+_NEW_PASSWORDS = ThreadPoolExecutor(1, "bcrypt-new", initializer=_lower_priority)
 
 # A hash made ahead, off the loop, for the synchronous NativeAuthenticator method that is
 # about to store it (create_user, change_password): (password, hash). Per request: each

@@ -14,6 +14,7 @@ concurrent calls never share a connection and sequential ones reuse it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -224,7 +225,11 @@ class BrokerEngine:
     def state(self, container_id: str) -> ContainerState | None:
         """The container's state, or None if it no longer exists."""
         result = self.call("state", container=container_id)
-        return None if result is None else ContainerState(**result)
+        if result is None:
+            return None
+        known = {f.name for f in dataclasses.fields(ContainerState)}
+        # Fields a newer or older broker adds are ignored, not a crash.
+        return ContainerState(**{k: v for k, v in result.items() if k in known})
 
     def signal(self, container_id: str, signum: int) -> None:
         self.call("signal", container=container_id, signal=int(signum))

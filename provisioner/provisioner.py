@@ -54,6 +54,7 @@ from .gpus import parse_gpus
 from .identity import KernelIdentity
 from .launch import LabRules, container_spec, size_in_bytes
 from .mounts import Mount, container_path
+from .notices import NOTICE_ENV, out_of_memory
 from .reaper import prune
 from .request import LaunchRequest
 from .spec import (
@@ -341,6 +342,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _cwd: str | None = None
     _previous: tuple[dict[str, Any], LaunchedContainer] | None = None
     """The last launch's connection info and container: what a restart keeps."""
+    _notice: str | None = None
+    """Why the last kernel ended, for the next one to tell its member (notices.py)."""
 
     @property
     def engine(self) -> KernelEngine:
@@ -428,13 +431,16 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         working_dir = container_path(str(cwd), mounts, self.path_translations) if cwd else None
         self._cwd = working_dir or identity.home
 
+        env = kwargs.pop("env")  # jupyter_client's, filtered by _finalize_env
+        if self._notice:
+            env[NOTICE_ENV] = self._notice
         request = LaunchRequest(
             kernel_id=self.kernel_id or str(uuid.uuid4()),
             kernel_name=self._kernel_name(),
             image=self.image,
             argv=argv,
             connection=connection,
-            env=kwargs.pop("env"),  # jupyter_client's, filtered by _finalize_env
+            env=env,
             working_dir=self._cwd,
             mounts=mounts,
             publish_ports=self.connect_via == "published-ports",
@@ -548,6 +554,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             f", {launched.gpus}" if launched.gpus else "",
         )
         self._previous = (dict(spec.connection), launched)
+        self._notice = None  # told once, by the kernel that followed
         info = dict(spec.connection)
         info.update(launched.ports)
         info["ip"] = launched.ip
@@ -667,6 +674,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         code = state.exit_code if state is not None else -1
         if not self._shutting_down and not self._exit_reported:
             self._exit_reported = True
+            if state is not None and state.oom_killed:
+                self._notice = out_of_memory(state.memory_limit)
             logs = await in_thread(self.engine.logs, self.container_id)
             self.log.warning(
                 "Kernel %s: container %s exited unexpectedly with code %s%s. Last log lines:\n%s",

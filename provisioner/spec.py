@@ -109,6 +109,8 @@ class ContainerState:
     exit_code: int | None
     oom_killed: bool = False
     error: str = ""
+    memory_limit: int = 0
+    """The container's memory limit in bytes (0: none), to say what an OOM kill hit."""
 
 
 class KernelEngine(Protocol):

@@ -241,6 +241,35 @@ class HubUser:
         finally:
             ws.close()
 
+    # -- terminals -------------------------------------------------------------------------------
+
+    def terminal(self, command: str, until: str, timeout: float = 120) -> str:
+        """Type `command` into a new JupyterLab terminal (a login shell in the hub, as the
+        member) and read its screen until `until` appears; the terminal is closed after."""
+        reply = self.server_api("POST", "terminals")
+        assert reply.status_code == 200, (reply.status_code, reply.text)
+        name = reply.json()["name"]
+        url = self.base_url.replace("https://", "wss://").replace("http://", "ws://")
+        ws = websocket.create_connection(
+            url + f"user/{self.name}/terminals/websocket/{name}",
+            header=[f"Authorization: token {self.api_token()}"],
+            sslopt={"ca_certs": self.ca_file} if self.ca_file else {},
+            timeout=timeout,
+        )
+        screen = ""
+        try:
+            ws.send(json.dumps(["stdin", command + "\r"]))
+            deadline = time.monotonic() + timeout
+            while until not in screen and time.monotonic() < deadline:
+                message = json.loads(ws.recv())
+                if message[0] == "stdout":
+                    screen += message[1]
+            assert until in screen, f"{until!r} never appeared in the terminal:\n{screen[-2000:]}"
+            return screen
+        finally:
+            ws.close()
+            self.server_api("DELETE", f"terminals/{name}")
+
 
 def _text(fragment: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())

@@ -3,13 +3,20 @@ and a revoked member's access ending at once."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import html
 import json
+import os
 import re
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Lab, _signed_up_and_approved, run
+from .conftest import Lab, _signed_up_and_approved, free_port, run
 from .hubclient import HubUser
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.timeout(600)]
@@ -77,3 +84,300 @@ def test_revoking_a_member_ends_their_access_at_once(lab: Lab, admin: HubUser) -
     assert not _kernel_container(kernel), "the revoked member's kernel still runs"
     assert lab.exec("pgrep", "-u", "dave", check=False).returncode != 0
     assert "has not been authorized" in lab.user("dave").login().message
+
+
+# -- one member's runaway code, contained ------------------------------------------------------
+
+
+def _still_works(lab: Lab, member: HubUser, kernel: str) -> None:
+    """Other members are unaffected: a fresh login, their server, their running kernel, and
+    the hub's database."""
+    fresh = lab.user(member.name)
+    assert fresh.login().status == 302, "another member could not log in"
+    assert member.server_api("GET", "status").status_code == 200
+    assert member.execute(kernel, "print(6 * 7)").stdout.strip() == "42"
+    check = lab.exec("sqlite3", "/srv/state/jupyterhub.sqlite", "PRAGMA integrity_check;")
+    assert check.stdout.strip() == "ok", check.stdout
+
+
+@pytest.fixture
+def bobs_kernel(bob: HubUser) -> Iterator[str]:
+    bob.login()
+    bob.start_server()
+    kernel = bob.start_kernel()
+    yield kernel
+    bob.shutdown_kernel(kernel)
+
+
+def _execute_until_killed(member: HubUser, kernel: str, code: str, timeout: float) -> None:
+    """Run `code`, which ends its kernel; return once the kernel answers again (restarted)."""
+    with contextlib.suppress(Exception):
+        member.execute(kernel, code, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            member.execute(kernel, "pass", timeout=10)
+            return
+        time.sleep(2)
+    raise AssertionError("the kernel never came back")
+
+
+def test_a_kernel_past_its_memory_limit_is_stopped_and_the_notebook_says_why(
+    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+) -> None:
+    alice.login()
+    alice.start_server()
+    kernel = alice.start_kernel()
+    try:
+        container = _kernel_container(kernel)
+        limit = _inspect(container)["HostConfig"]["Memory"]
+        # Grows 64 MiB at a time, touching every page, until the limit stops it.
+        grow = "chunks = []\nwhile True:\n    chunks.append(b'x' * (64 << 20))"
+        _execute_until_killed(alice, kernel, grow, timeout=240)
+        assert _inspect(container)["State"]["OOMKilled"], "the kernel was not stopped for memory"
+        told = alice.execute(kernel, "print('after')")
+        assert "stopped because it used all of its memory limit" in told.stderr, told.stderr
+        assert f"{limit / (1 << 30):.3g} GiB" in told.stderr
+        assert told.stdout.strip() == "after"
+        # Told once: the next cell is quiet.
+        assert "labnotebook" not in alice.execute(kernel, "print(1)").stderr
+        _still_works(lab, bob, bobs_kernel)
+    finally:
+        alice.shutdown_kernel(kernel)
+
+
+BOMB = "b() { if [ $1 -gt 0 ]; then b $(($1-1)) & b $(($1-1)) & fi; sleep 15; }; b {depth}"
+"""A fork bomb that ends by itself: 2^depth processes at most, each gone after 15 s."""
+
+
+def test_a_fork_bomb_in_a_kernel_is_contained(
+    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+) -> None:
+    alice.start_server()
+    kernel = alice.start_kernel()
+    try:
+        container = _kernel_container(kernel)
+        limit = _inspect(container)["HostConfig"]["PidsLimit"]
+        bomb = BOMB.replace("{depth}", "13")  # 8192 processes wanted
+        alice.execute(kernel, f"import subprocess\np = subprocess.Popen(['bash', '-c', {bomb!r}])")
+        time.sleep(5)
+        pids = int(run("docker", "top", container, "-eo", "pid").stdout.count("\n")) - 1
+        print(f"fork bomb in a kernel: {pids} processes (limit {limit})")
+        assert pids <= limit
+        _still_works(lab, bob, bobs_kernel)
+        # The member's own kernel survives it too, and the bomb ends by itself.
+        assert alice.execute(kernel, "p.wait(); print('over')", timeout=120).stdout == "over\n"
+    finally:
+        alice.shutdown_kernel(kernel)
+
+
+def test_a_fork_bomb_in_a_members_terminal_is_contained(
+    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+) -> None:
+    alice.start_server()
+    bomb = BOMB.replace("{depth}", "12")  # 4096 processes wanted, in the hub container
+    screen = alice.terminal(
+        f"({bomb}) 2>/dev/null & sleep 5; pgrep -c -u alice; echo BOMB-DONE", "BOMB-DONE"
+    )
+    counted = [int(n) for n in re.findall(r"^(\d+)\r?$", screen, re.M)]
+    print(f"fork bomb in a terminal: {counted} processes of alice's")
+    assert counted and counted[-1] <= 2048, "a member's processes are not bounded"
+    _still_works(lab, bob, bobs_kernel)
+    lab.exec("pkill", "-u", "alice", "-f", "sleep 15", check=False)
+
+
+def test_a_kernel_printing_without_end_fills_no_disk(
+    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+) -> None:
+    alice.start_server()
+    kernel = alice.start_kernel()
+    try:
+        container = _kernel_container(kernel)
+        # 300 MB straight to the container's output (the engine's log), and a print loop
+        # through the notebook's channel for 10 s.
+        alice.execute(
+            kernel, "import os; os.system('yes labnotebook | head -c 300000000')", timeout=180
+        )
+        printed = alice.execute(
+            kernel,
+            "import time\nend = time.time() + 10\nwhile time.time() < end:\n    print('y' * 1000)",
+            timeout=120,
+        )
+        log_path = _inspect(container)["LogPath"]
+        logged = sum(os.path.getsize(p) for p in glob.glob(log_path + "*"))
+        print(f"a kernel printing without end: {logged / 1e6:.1f} MB of logs kept")
+        assert logged <= 2 * 10 * 1024 * 1024 + 1024 * 1024  # max-size 10m, 2 files
+        # The member's server kept up (Jupyter's output rate limit steps in), others too.
+        assert "rate exceeded" in (printed.stdout + printed.stderr) or len(printed.stdout) > 0
+        _still_works(lab, bob, bobs_kernel)
+    finally:
+        alice.shutdown_kernel(kernel)
+
+
+# -- outsiders ----------------------------------------------------------------------------------
+
+FLOOD = r"""
+import collections, http.cookiejar, json, re, ssl, sys, threading
+import urllib.error, urllib.parse, urllib.request
+base, count = sys.argv[1], int(sys.argv[2])
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+results = collections.defaultdict(collections.Counter)
+
+def post(opener, path, fields):
+    page = opener.open(base + path, timeout=120).read().decode()
+    fields["_xsrf"] = re.search(r'name="_xsrf"\s+value="([^"]+)"', page).group(1)
+    try:
+        return opener.open(base + path, urllib.parse.urlencode(fields).encode(), timeout=120).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+def worker(first):
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=context),
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    for n in range(first, count, 8):
+        password = "correct-horse-battery-%d" % n
+        results["signup"][post(opener, "hub/signup", {"username": "flood%d" % n,
+            "signup_password": password, "signup_password_confirmation": password})] += 1
+        guess = {"username": "admin", "password": password}
+        results["login"][post(opener, "hub/login", guess)] += 1
+
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(results))
+"""
+
+
+def _login_seconds(lab: Lab, name: str) -> float:
+    person = lab.user(name)
+    started = time.perf_counter()
+    assert person.login().status == 302
+    return time.perf_counter() - started
+
+
+def test_a_flood_from_one_address_is_refused_and_members_log_in_as_usual(
+    lab: Lab, admin: HubUser, alice: HubUser
+) -> None:
+    usual = statistics.median(_login_seconds(lab, "alice") for _ in range(5))
+    # The flooding client is a container on the lab's network: its own address, as an
+    # outsider's would be (clients through the host's loopback all look like the gateway).
+    flood = subprocess.Popen(
+        ["docker", "run", "--rm", "--network", lab.name, "--label", "org.labnotebook.test=flood",
+         "labnotebook/kernel-python:latest", "python3", "-c", FLOOD,
+         f"https://{lab.name}:8000/", "150"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(4)  # the flood is under way
+        during = []
+        while flood.poll() is None and len(during) < 8:
+            during.append(_login_seconds(lab, "alice"))
+        out, err = flood.communicate(timeout=600)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+    assert flood.returncode == 0, err[-3000:]
+    results = json.loads(out)
+    stored = int(
+        lab.exec(
+            "sqlite3", "/srv/state/jupyterhub.sqlite",
+            "SELECT count(*) FROM users_info WHERE username LIKE 'flood%';",
+        ).stdout
+    )  # fmt: skip
+    print(
+        f"flood of 150 sign-ups and 150 admin logins from one address: {results}; "
+        f"{stored} sign-ups stored; alice's login {usual:.2f} s usually, during it "
+        f"{statistics.median(during) if during else float('nan'):.2f} s ({len(during)} logins)"
+    )
+    assert stored <= 40, "most of the flood's sign-ups should have been refused"
+    assert results["signup"].get("429", 0) >= 100
+    assert len(during) >= 3, "the flood ended before alice's logins were measured"
+    assert statistics.median(during) <= 2 * usual
+    # The outsider's failures locked out the outsider, not the admin.
+    assert lab.user("admin").login().status == 302
+    # The flood's sign-ups wait for approval; an admin clears them.
+    lab.exec(
+        "sqlite3", "/srv/state/jupyterhub.sqlite",
+        "DELETE FROM users_info WHERE username LIKE 'flood%';",
+    )  # fmt: skip
+
+
+def test_deleting_a_member_ends_their_access_at_once(lab: Lab, admin: HubUser) -> None:
+    carol = _signed_up_and_approved(lab, "carol", admin)
+    carol.start_server()
+    kernel = carol.start_kernel()
+    assert _kernel_container(kernel)
+    lab.exec("su", "-s", "/bin/sh", "carol", "-c", "sleep 600 >/dev/null 2>&1 &")
+    admin.login()
+    reply = admin.hub_api("DELETE", "users/carol")
+    assert reply.status_code == 204, (reply.status_code, reply.text)
+    assert carol.session.get(lab.url + "hub/home", allow_redirects=False).status_code in (302, 403)
+    deadline = time.monotonic() + 30
+    while _kernel_container(kernel) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _kernel_container(kernel), "the deleted member's kernel still runs"
+    assert lab.exec("pgrep", "-u", "carol", check=False).returncode != 0
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_homes_lab(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A second hub whose homes are on a 160 MB file system of their own (HOMES_PATH): a
+    loop-mounted ext4 image file, as an admin would give the homes a disk of their own."""
+    folder = tmp_path_factory.mktemp("small-homes")
+    image, mount = folder / "homes.img", folder / "homes"
+    mount.mkdir()
+    run("truncate", "-s", "160M", str(image))
+    run("mkfs.ext4", "-q", str(image))
+    run("mount", "-o", "loop", str(image), str(mount))
+    other = Lab(f"{lab.name}-small", free_port(), lab.image, lab.backup_dir)
+    try:
+        other.up_output = other.make("up", HOMES_PATH=str(mount)).stdout
+        yield other
+    finally:
+        other.destroy()
+        run("umount", "-l", str(mount), check=False)
+
+
+def test_a_full_home_leaves_logins_and_the_database_working(small_homes_lab: Lab) -> None:
+    lab = small_homes_lab
+    assert "The homes live in" in lab.up_output, lab.up_output
+    token = re.search(r"setup token:\s+(\S+)", lab.up_output)
+    assert token, lab.up_output
+    admin = lab.user("admin")
+    assert admin.signup(token=token.group(1)).alert == "alert-success"
+    assert admin.login().status == 302
+    alice = _signed_up_and_approved(lab, "alice", admin)
+    alice.start_server()
+    kernel = alice.start_kernel()
+    fill = (
+        "import errno, os\nwritten = 0\n"
+        "try:\n"
+        "    with open(os.path.expanduser('~/fill'), 'wb') as f:\n"
+        "        while True:\n"
+        "            f.write(b'x' * (1 << 20)); f.flush(); written += 1\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno], written)"
+    )
+    filled = alice.execute(kernel, fill, timeout=180)
+    print(f"a home filled to its file system's limit: {filled.stdout.strip()} MiB")
+    assert filled.stdout.startswith("ENOSPC"), filled
+    df = lab.exec("df", "--output=avail", "-B1", "/home").stdout.split()[-1]
+    assert int(df) < 16 * 1024 * 1024, df  # full, but for root's reserve
+
+    # The hub's database and logins are elsewhere, and keep working: a login (which writes
+    # to the database), a sign-up, an approval, the member's own server.
+    assert lab.user("admin").login().status == 302
+    bob = _signed_up_and_approved(lab, "bob", admin)
+    bob.start_server()
+    check = lab.exec("sqlite3", "/srv/state/jupyterhub.sqlite", "PRAGMA integrity_check;")
+    assert check.stdout.strip() == "ok"
+    assert alice.server_api("GET", "contents").status_code == 200
+    # Freeing the space is all it takes.
+    alice.execute(kernel, "os.remove(os.path.expanduser('~/fill'))")
+    assert alice.execute(kernel, "open(os.path.expanduser('~/ok'), 'w').write('ok')").error == ""
+    alice.shutdown_kernel(kernel)
