@@ -46,11 +46,13 @@ HOMES_PATH=${HOMES_PATH:-}
 # Where the client's address is, for the sign-up and login rate limits (see the README).
 CLIENT_ADDRESS_HEADER=${CLIENT_ADDRESS_HEADER:-X-Forwarded-For}
 TRUSTED_PROXIES=${TRUSTED_PROXIES:-0}    # reverse proxies of the lab's in front of the port
+BUILD_QUOTA=${BUILD_QUOTA:-10g}          # disk one member's kernel images may add (kernel build)
+BUILD_DOCKERFILE=${BUILD_DOCKERFILE:-}   # yes: members may build from a Dockerfile (see README)
 # What the hub container is told (labnotebook/hub/settings.py reads them).
 PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
         TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
         SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY
-        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES)
+        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES BUILD_QUOTA BUILD_DOCKERFILE)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -177,6 +177,15 @@ class LabSettings:
     """TRUSTED_PROXIES: reverse proxies of the lab's in front of the hub's port, each
     appending to X-Forwarded-For (0: browsers connect to the port directly)."""
 
+    build_quota: str = "10g"
+    """BUILD_QUOTA: the disk one member's kernel images (`labnotebook kernel build`) may add
+    over their bases, e.g. "20g"; "none": no quota."""
+
+    build_dockerfile: bool = False
+    """BUILD_DOCKERFILE=yes: members may build kernel images from a Dockerfile, whose RUN
+    steps the engine's builder runs as root with Docker's default capabilities (the README
+    says what that trusts members with). Off: requirements.txt, apt.txt, postBuild only."""
+
     @classmethod
     def from_env(cls) -> LabSettings:
         """The settings `make up` (hub/lab.sh) passed to the container."""
@@ -202,4 +211,7 @@ class LabSettings:
             member_memory=_required("MEMBER_MEMORY"),
             client_address_header=_required("CLIENT_ADDRESS_HEADER"),
             trusted_proxies=_count("TRUSTED_PROXIES"),
+            # Added after the others: older `make up` callers (and tests) may not pass them.
+            build_quota=os.environ.get("BUILD_QUOTA", "").strip() or "10g",
+            build_dockerfile=_flag("BUILD_DOCKERFILE"),
         )

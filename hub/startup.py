@@ -127,6 +127,13 @@ def server_config(settings: LabSettings) -> dict[str, Any]:
         },
         # The hub's own Python runs the servers, not kernels: kernels run in containers.
         "KernelSpecManager": {"ensure_native_kernel": False},
+        # Members' own kernelspecs (`labnotebook kernel build/env`) name only their image: the
+        # lab's settings come from here, so they never go stale in a member's file.
+        "DockerKernelProvisioner": {
+            "broker_socket": str(BROKER_SOCKET),
+            "network": settings.network,
+            "volumes": lab_mounts(settings),
+        },
     }
 
 
@@ -150,6 +157,13 @@ def broker_config(settings: LabSettings) -> dict[str, Any]:
             "max_memory": resolve_memory(settings.kernel_memory, eighths=1),
             "max_cpus": resolve_cpus(settings.kernel_cpus),
             "max_memory_per_user": resolve_memory(settings.member_memory, eighths=4),
+        },
+        "BuildPolicy": {
+            "default_base": settings.kernel_image,
+            "quota": None if settings.build_quota.lower() == "none" else settings.build_quota,
+            "allow_dockerfile": settings.build_dockerfile,
+            "log_dir": str(STATE_DIR / "build-logs"),
+            "admin_group": ADMIN_GROUP,
         },
     }
 
