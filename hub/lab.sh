@@ -103,7 +103,7 @@ ensure_homes_volume() {
     local device
     if device=$(docker volume inspect -f '{{index .Options "device"}}' "$HOMES_VOLUME" 2>/dev/null); then
         [ "$device" = "$HOMES_PATH" ] || die "the volume $HOMES_VOLUME already holds the homes \
-(${device:-in Docker's storage}), not HOMES_PATH=$HOMES_PATH. To move them: make backup, make down, \
+(${device:-in the storage of Docker}), not HOMES_PATH=$HOMES_PATH. To move them: make backup, make down, \
 docker volume rm $HOMES_VOLUME, then make restore BACKUP=... HOMES_PATH=$HOMES_PATH"
         return
     fi
