@@ -66,8 +66,8 @@ from .broker_policy import LaunchPolicy, Peer
 
 T = TypeVar("T")
 _NOT_GIVEN = object()
-# Read-only requests the provisioner makes every few seconds per kernel: logged at DEBUG.
-QUIET_OPS = frozenset({"state", "logs"})
+# Requests made every few seconds per kernel or build (polls, data chunks): logged at DEBUG.
+QUIET_OPS = frozenset({"state", "logs", "build_status", "build_data"})
 
 
 def _printable(text: str, limit: int) -> str:
