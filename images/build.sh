@@ -45,4 +45,17 @@ if [ "$status" -ne 0 ]; then
     tail -n 25 "$log" >&2
     exit "$status"
 fi
+# A second, immutable tag per build (`REPO:build-UTC-TIME`): the next build moves `$tag` to
+# the new image, but notebooks that recorded this image's ID (metadata.labnotebook) still find
+# it by name and `docker image prune` (dangling images only) keeps it. A build that produced
+# the same image again (every step cached) adds no new tag.
+repo=$tag
+last=${tag##*/}
+[[ "$last" == *:* ]] && repo=${tag%:*}
+image_id=$(docker image inspect --format '{{.Id}}' "$tag")
+if ! docker image inspect --format '{{join .RepoTags "\n"}}' "$image_id" | grep -q "^$repo:build-"; then
+    build_tag="$repo:build-$(date -u +%Y%m%dT%H%M%SZ)"
+    docker tag "$image_id" "$build_tag"
+    echo "Tagged $build_tag (${image_id:7:12}); remove old builds with docker rmi when no notebook names them"
+fi
 echo "Built $tag"

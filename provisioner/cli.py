@@ -153,6 +153,10 @@ def parser() -> argparse.ArgumentParser:
     from .kernel_cli import add_parser as add_kernel
 
     add_kernel(groups)
+
+    from .export import add_parser as add_export
+
+    add_export(groups)
     return top
 
 

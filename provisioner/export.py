@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the Dockerfile and REPRODUCING.md templates keep their own line lengths
 """`labnotebook export`: a saved notebook -> a stand-alone image that re-runs it and checks.
 
 The image is built `FROM` the exact image ID the notebook's record names (`record.py`), with
@@ -118,8 +119,15 @@ def _item(given: str, roots: list[str]) -> Iterator[Item]:
                 "files from there go into an export: copy what the analysis needs into your "
                 "home (de-identified) and name that copy."
             )
-    if not os.path.lexists(target):
-        raise ExportRefused(f"{given}: no such file or folder.")
+    try:
+        os.lstat(target)
+    except PermissionError:
+        raise ExportRefused(
+            f"Cannot read {given}: permission denied (on a folder on its way). Only files you "
+            "can read go into an export."
+        ) from None
+    except OSError:
+        raise ExportRefused(f"{given}: no such file or folder.") from None
     if os.path.isdir(real):
         if not os.access(real, os.R_OK | os.X_OK):
             raise ExportRefused(f"Cannot read the folder {given}: permission denied.")
@@ -412,7 +420,7 @@ class EngineBuilder:
 class BrokerBuilder(EngineBuilder):
     """Exports in the lab hub, where members have no engine: the kernel broker's `build`."""
 
-    def __init__(self, socket_path: str) -> None:  # noqa: D107 - see hub path in the README
+    def __init__(self, socket_path: str) -> None:
         raise ExportRefused(
             "Exporting from the lab hub needs the kernel broker's image builds, which this "
             "lab's version does not have yet. Ask the lab's admin, or export on a machine with "

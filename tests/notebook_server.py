@@ -21,7 +21,7 @@ import nbformat
 import requests
 import websocket
 
-from .conftest import KERNEL_IMAGE, SESSION, SESSION_LABEL, TEST_IDENTITY, TEST_NETWORK
+from .conftest import SESSION, SESSION_LABEL, TEST_IDENTITY, TEST_NETWORK
 
 EXTENSION = "labnotebook.provisioner.server_extension"
 EXTENSION_CONFIG = (

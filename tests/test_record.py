@@ -10,7 +10,6 @@ from typing import Any
 
 import docker
 import pytest
-
 from labnotebook.provisioner import __version__
 from labnotebook.provisioner.record import RECORD_KEY, merged, newest
 
@@ -79,7 +78,7 @@ def test_a_save_without_a_kernel_keeps_the_last_record(
 ) -> None:
     server, _ = lab
     path = "analysis/kept.ipynb"
-    saved, session = run_and_save(server, path, "docker-record")  # ends the session
+    saved, _ = run_and_save(server, path, "docker-record")  # ends the session
     record = saved["metadata"][RECORD_KEY]
     edited = copy.deepcopy(saved)
     del edited["metadata"][RECORD_KEY]
@@ -91,7 +90,7 @@ def test_a_save_without_a_kernel_keeps_the_last_record(
 
 
 def test_unrelated_notebook_is_saved_as_it_came(lab: tuple[Server, Path]) -> None:
-    server, home = lab
+    server, _ = lab
     nb = analysis_notebook()
     nb.metadata["custom"] = {"keep": [1, 2]}
     server.save("unrelated.ipynb", nb)
