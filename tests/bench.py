@@ -278,7 +278,7 @@ def hub_figures() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parts = sys.argv[1:] or ["kernels", "broker", "builds", "hub"]
+    parts = sys.argv[1:] or ["kernels", "broker", "builds", "hub", "export"]
     results: dict[str, float] = {}
     if "kernels" in parts:
         results.update(asyncio.run(main()))
@@ -294,4 +294,6 @@ if __name__ == "__main__":
             print("(build figures skipped: they need root, which runs the broker)")
     if "hub" in parts:
         results.update(hub_figures())
+    if "export" in parts:
+        results.update(__import__("tests.bench_export", fromlist=["measure"]).measure())
     report(results)
