@@ -596,10 +596,14 @@ Everything runs as an unprivileged user (UID {EXPORT_UID}).
 
 
 def main(args: Any) -> int:
-    if args.broker_socket or os.environ.get("LABNOTEBOOK_BROKER_SOCKET"):
-        builder: Builder = BrokerBuilder(
-            args.broker_socket or os.environ["LABNOTEBOOK_BROKER_SOCKET"]
-        )
+    from .broker_protocol import DEFAULT_SOCKET
+
+    # In the hub members have the broker's socket and no engine: exports go through the broker.
+    broker = args.broker_socket or os.environ.get("LABNOTEBOOK_BROKER_SOCKET")
+    if broker is None and args.docker_host is None and os.path.exists(DEFAULT_SOCKET):
+        broker = DEFAULT_SOCKET
+    if broker:
+        builder: Builder = BrokerBuilder(broker)
     else:
         builder = EngineBuilder(args.docker_host)
     result = export(
