@@ -47,6 +47,7 @@ from labnotebook.provisioner.broker_protocol import (
     DEFAULT_SOCKET,
     MAX_LINE,
     OPS,
+    UNSEEN_PEER_OPS,
     encode,
     error_response,
     peer_credentials,
@@ -389,6 +390,15 @@ class KernelBroker(Application):
             if op not in OPS:
                 raise KernelConfigError(
                     f"The kernel broker has no operation {op!r} (it knows {', '.join(OPS)})."
+                )
+            if peer.pid <= 0 and op not in UNSEEN_PEER_OPS:
+                raise PermissionRefused(
+                    f"The kernel broker cannot see the process asking (it runs outside the "
+                    f"hub, e.g. in a kernel's container), so it does not {op!r} for it: a "
+                    "kernel is removed when the server that launched it is gone, which the "
+                    "broker cannot tell for such a process. From there only the image "
+                    "commands work (labnotebook kernel build, ls, rm, logs, publish); start "
+                    "kernels from JupyterLab."
                 )
             target = _printable(str(request.get("container") or "-"), 12)
             if op == "launch" and isinstance(request.get("spec"), dict):

@@ -13,6 +13,7 @@ NETWORK=${NETWORK:-$LAB}
 HOMES_VOLUME=${HOMES_VOLUME:-$LAB-homedirs}
 STATE_VOLUME=${STATE_VOLUME:-$LAB-state}
 READONLY_VOLUME=${READONLY_VOLUME:-$LAB-readonly}
+BROKER_VOLUME=${BROKER_VOLUME:-$LAB-broker}   # the broker's socket, shared read-only with kernels
 HUB_IMAGE=${HUB_IMAGE:-labnotebook/hub:latest}
 KERNEL_IMAGE=${KERNEL_IMAGE:-labnotebook/kernel-python:latest}
 DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
@@ -52,7 +53,7 @@ BUILD_DOCKERFILE=${BUILD_DOCKERFILE:-}   # yes: members may build from a Dockerf
 PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
         TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
         SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY
-        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES BUILD_QUOTA BUILD_DOCKERFILE)
+        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES BUILD_QUOTA BUILD_DOCKERFILE BROKER_VOLUME)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -124,6 +125,9 @@ cmd_up() {
     ensure_homes_volume
     docker volume inspect "$STATE_VOLUME" >/dev/null 2>&1 \
         || docker volume create --label "org.labnotebook.lab=$LAB" "$STATE_VOLUME" >/dev/null
+    # Holds only the broker's socket (no data: nothing to back up). Kernels mount it read-only.
+    docker volume inspect "$BROKER_VOLUME" >/dev/null 2>&1 \
+        || docker volume create --label "org.labnotebook.lab=$LAB" "$BROKER_VOLUME" >/dev/null
     local migrate=""
     if ! docker volume inspect "$READONLY_VOLUME" >/dev/null 2>&1; then
         docker volume create --label "org.labnotebook.lab=$LAB" "$READONLY_VOLUME" >/dev/null
@@ -148,6 +152,8 @@ cmd_up() {
         --publish "${BIND:+$BIND:}$PORT:8000"
         --volume "$HOMES_VOLUME:/home" --volume "$STATE_VOLUME:/srv/state"
         --volume "$READONLY_VOLUME:/home/shared/readonly"
+        # The broker's socket folder, shared with every kernel (read-only there: startup.py).
+        --volume "$BROKER_VOLUME:/run/labnotebook-broker"
         # Only the root-owned broker inside uses it; its folder there is root-only.
         --volume "$DOCKER_SOCKET:/srv/engine/docker.sock"
     )

@@ -27,7 +27,14 @@ ENGINE_SOCKET = Path("/srv/engine/docker.sock")
 """Where `make up` mounts the host's Docker socket: inside a root-only folder, so no user can
 reach it whatever group owns the socket on the host. Only the broker uses it."""
 
-BROKER_SOCKET = Path("/run/labnotebook/broker.sock")
+BROKER_DIR = Path("/run/labnotebook-broker")
+"""The broker's socket folder: the broker volume, mounted here in the hub and read-only at the
+same path in every kernel container, so `!labnotebook kernel ...` in a notebook cell reaches
+the broker. Root's, and writable by root only (a socket can be connected to on a read-only
+mount; nothing in it can be replaced)."""
+BROKER_SOCKET = BROKER_DIR / "broker.sock"
+LEGACY_BROKER_SOCKET = Path("/run/labnotebook/broker.sock")
+"""Where the socket was before the broker volume: a link to BROKER_SOCKET, for old habits."""
 PROXY_PID_FILE = Path("/run/labnotebook/jupyterhub-proxy.pid")
 """Not on the state volume: a PID from an earlier container means nothing in this one, and
 JupyterHub kills whatever process has the PID it finds there."""
@@ -181,6 +188,10 @@ class LabSettings:
     """BUILD_QUOTA: the disk one member's kernel images (`labnotebook kernel build`) may add
     over their bases, e.g. "20g"; "none": no quota."""
 
+    broker_volume: str = ""
+    """BROKER_VOLUME: the Docker volume holding the broker's socket (BROKER_DIR), mounted
+    read-only in every kernel container. Empty: kernels get no broker socket."""
+
     build_dockerfile: bool = False
     """BUILD_DOCKERFILE=yes: members may build kernel images from a Dockerfile, whose RUN
     steps the engine's builder runs as root with Docker's default capabilities (the README
@@ -214,4 +225,5 @@ class LabSettings:
             # Added after the others: older `make up` callers (and tests) may not pass them.
             build_quota=os.environ.get("BUILD_QUOTA", "").strip() or "10g",
             build_dockerfile=_flag("BUILD_DOCKERFILE"),
+            broker_volume=os.environ.get("BROKER_VOLUME", "").strip(),
         )

@@ -6,8 +6,9 @@
 2. re-creates the lab's Unix accounts from the registry (the image's /etc is new each time);
 3. applies the shared-folder layout and the sudo rule for lab admins;
 4. makes sure a TLS certificate exists (unless PLAIN_HTTP=yes);
-5. writes the system-wide Docker kernelspec, the users' Jupyter server defaults and the
-   broker's configuration from the operator's settings.
+5. writes the system-wide Docker kernelspecs (the lab's Python kernel, and the sample kernels
+   whose images the engine has), the users' Jupyter server defaults and the broker's
+   configuration from the operator's settings.
 
 Everything here is idempotent and derived from the settings and the state volume, so an
 upgraded image simply writes the new version of each file.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,12 +31,14 @@ from . import sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
     BROKER_CONFIG,
+    BROKER_DIR,
     BROKER_DROPINS,
     BROKER_SOCKET,
     ENGINE_SOCKET,
     FIRST_UID,
     KERNELSPEC_DIR,
     LEGACY_BROKER_OVERRIDES,
+    LEGACY_BROKER_SOCKET,
     PROXY_PID_FILE,
     READONLY_DIR,
     STARTUP_WARNINGS,
@@ -65,11 +69,24 @@ def lock_down() -> None:
     if engine_dir.exists():
         os.chown(engine_dir, 0, 0)
         os.chmod(engine_dir, 0o700)
-    # The broker's socket folder: root-owned and writable by root only, so nobody can put a
-    # fake socket in its place; readable by all so servers can connect.
-    BROKER_SOCKET.parent.mkdir(parents=True, exist_ok=True)
-    os.chown(BROKER_SOCKET.parent, 0, 0)
-    os.chmod(BROKER_SOCKET.parent, 0o755)
+    # The broker's socket folder (the broker volume, shared read-only with kernels):
+    # root-owned and writable by root only, so nobody can put a fake socket in its place;
+    # readable by all so servers and kernels can connect.
+    for folder in (BROKER_DIR, LEGACY_BROKER_SOCKET.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chown(folder, 0, 0)
+        os.chmod(folder, 0o755)
+    # Never empty: Docker fills an empty volume from the image's folder at the mount point,
+    # owner included, the first time a container mounts it, and a member's image could have
+    # a folder there that the member owns. This file keeps the volume from ever being empty.
+    _write(
+        BROKER_DIR / "README",
+        "The lab's kernel broker listens here (broker.sock). This folder is a Docker volume\n"
+        "mounted read-only in every kernel container; only root may change it.\n",
+    )
+    # The socket's old place, for admins' habits and members' own configuration.
+    LEGACY_BROKER_SOCKET.unlink(missing_ok=True)
+    LEGACY_BROKER_SOCKET.symlink_to(BROKER_SOCKET)
     # No proxy runs yet: a PID file left by the previous run (`docker restart` keeps /run)
     # names some other process now, which JupyterHub would kill.
     for stale in (PROXY_PID_FILE, STATE_DIR / "jupyterhub-proxy.pid"):
@@ -98,19 +115,77 @@ def lab_mounts(settings: LabSettings) -> list[str]:
     return [f"{settings.homes_volume}:/home", f"{settings.readonly_volume}:{READONLY_DIR}"]
 
 
-def kernelspec(settings: LabSettings) -> dict[str, Any]:
-    """The lab's Docker Python kernelspec: the bundled one, pointed at the broker."""
-    spec: dict[str, Any] = json.loads((bundled()["python-docker"] / "kernel.json").read_text())
+def kernel_mounts(settings: LabSettings) -> list[str]:
+    """What the broker mounts in every kernel: the lab's volumes, and the broker's socket
+    folder read-only (`!labnotebook kernel ...` in a cell; a Unix socket can be connected to
+    on a read-only mount, and nothing in the folder can be replaced from a kernel)."""
+    mounts = lab_mounts(settings)
+    if settings.broker_volume:
+        mounts.append(f"{settings.broker_volume}:{BROKER_DIR}:ro")
+    return mounts
+
+
+def kernelspec(settings: LabSettings, name: str = "python-docker") -> dict[str, Any]:
+    """A bundled Docker kernelspec pointed at the broker; python-docker runs the lab's image
+    (KERNEL_IMAGE), the sample kernels the image their kernelspec names."""
+    spec: dict[str, Any] = json.loads((bundled()[name] / "kernel.json").read_text())
     provisioner = spec.setdefault("metadata", {}).setdefault("kernel_provisioner", {})
     provisioner["provisioner_name"] = "labnotebook-docker"
     config = provisioner.setdefault("config", {})
+    if name == "python-docker":
+        config["image"] = settings.kernel_image
     config.update(
-        image=settings.kernel_image,
         broker_socket=str(BROKER_SOCKET),
         network=settings.network,
         volumes=lab_mounts(settings),
     )
     return spec
+
+
+def kernelspec_image(spec: dict[str, Any]) -> str:
+    return str(spec["metadata"]["kernel_provisioner"]["config"]["image"])
+
+
+def image_exists(image: str) -> bool | None:
+    """Whether the engine has the image; None if the engine cannot say (root only: the
+    engine's socket is root's)."""
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.DockerClient(base_url=f"unix://{ENGINE_SOCKET}", timeout=30)
+    except docker.errors.DockerException as e:
+        log.warning("Cannot ask the Docker engine about %s: %s", image, e)
+        return None
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except docker.errors.DockerException as e:
+        log.warning("Cannot ask the Docker engine about %s: %s", image, e)
+        return None
+    finally:
+        client.close()
+
+
+def write_sample_kernelspecs(settings: LabSettings) -> list[str]:
+    """The sample kernels (`make kernel-r`, `make kernel-gpu`) whose image the engine has, next
+    to the Python one. A launcher entry for a missing image could only fail, so those go (and
+    stay if the engine cannot say). Returns the images offered. An image built after the
+    hub started is offered from its next start."""
+    offered = []
+    for name in sorted(set(bundled()) - {"python-docker"}):
+        spec = kernelspec(settings, name)
+        folder = KERNELSPEC_DIR.parent / name
+        exists = image_exists(kernelspec_image(spec))
+        if exists:
+            _write(folder / "kernel.json", json.dumps(spec, indent=2) + "\n")
+            offered.append(kernelspec_image(spec))
+            log.info("Offering the sample kernel %s (%s)", name, kernelspec_image(spec))
+        elif exists is False:
+            shutil.rmtree(folder, ignore_errors=True)
+    return offered
 
 
 def server_config(settings: LabSettings) -> dict[str, Any]:
@@ -137,19 +212,22 @@ def server_config(settings: LabSettings) -> dict[str, Any]:
     }
 
 
-def broker_config(settings: LabSettings) -> dict[str, Any]:
+def broker_config(settings: LabSettings, sample_images: list[str] | None = None) -> dict[str, Any]:
     """The broker's configuration from the operator's settings: data, not generated code.
 
     Admins add to it with files in broker.d (see BROKER_DROPINS), e.g. 50-data.json with
     {"LaunchPolicy": {"allowed_mounts": ["/data/raw:/data:ro"]}}, or a .py file with
-    c.LaunchPolicy.allowed_images.append("mylab/*") to extend a list.
+    c.LaunchPolicy.allowed_images.append("mylab/*") to extend a list. `sample_images`: the
+    sample kernels' images offered (write_sample_kernelspecs), which kernels may run too.
     """
     return {
         "KernelBroker": {"docker_host": f"unix://{ENGINE_SOCKET}"},
         "LaunchPolicy": {
             "network": settings.network,
-            "lab_mounts": lab_mounts(settings),
-            "allowed_images": sorted({"labnotebook/*", settings.kernel_image}),
+            "lab_mounts": kernel_mounts(settings),
+            "allowed_images": sorted(
+                {"labnotebook/*", settings.kernel_image, *(sample_images or [])}
+            ),
             # Only lab members (UIDs from FIRST_UID) get kernels, not the image's system
             # accounts.
             "min_uid": FIRST_UID,
@@ -224,8 +302,9 @@ def main() -> None:
         cert = tls.certificate(settings.tls_hostnames)
         log.info("TLS certificate: %s%s", cert.cert, " (self-signed)" if cert.self_signed else "")
     _write(KERNELSPEC_DIR / "kernel.json", json.dumps(kernelspec(settings), indent=2) + "\n")
+    samples = write_sample_kernelspecs(settings)
     _write(SERVER_CONFIG, json.dumps(server_config(settings), indent=2) + "\n")
-    _write(BROKER_CONFIG, json.dumps(broker_config(settings), indent=2) + "\n", 0o600)
+    _write(BROKER_CONFIG, json.dumps(broker_config(settings, samples), indent=2) + "\n", 0o600)
 
 
 if __name__ == "__main__":

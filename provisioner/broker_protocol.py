@@ -34,6 +34,11 @@ from .errors import (
 
 DEFAULT_SOCKET = "/run/labnotebook/broker.sock"
 
+# In the lab hub the socket lives in a folder of its own on a volume shared with every kernel
+# container (read-only there), so `!labnotebook kernel ...` in a notebook cell reaches the
+# broker too; DEFAULT_SOCKET is a link to it in the hub.
+SHARED_SOCKET = "/run/labnotebook-broker/broker.sock"
+
 # A launch request carries argv, env and the connection file: generous, but bounded, so one
 # connection cannot make the root daemon buffer without limit.
 MAX_LINE = 1 << 20
@@ -44,6 +49,17 @@ OPS = (
     "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap",
     "build", "build_data", "build_status", "build_cancel", "build_log",
     "images", "image_remove", "image_publish",
+)  # fmt: skip
+
+# What a caller the broker cannot see by PID may ask for (a process in another PID namespace,
+# e.g. `!labnotebook kernel ...` in a kernel's container, has peer PID 0): the image
+# operations, whose state the broker keeps per member. Not launches: the broker removes a
+# kernel when the process that launched it is gone, which it cannot tell for such a caller.
+UNSEEN_PEER_OPS = frozenset(
+    {
+        "hello", "build", "build_data", "build_status", "build_cancel", "build_log",
+        "images", "image_remove", "image_publish",
+    }
 )  # fmt: skip
 
 # Signals a kernel's owner may send: interrupt, the usual ways to stop, and the user signals

@@ -16,10 +16,13 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .engine import DockerEngine
 from .errors import KernelLaunchError
 from .reaper import kernel_containers, prune
+
+if TYPE_CHECKING:
+    from .engine import DockerEngine
 
 
 def bundled_kernelspecs() -> dict[str, Path]:
@@ -30,6 +33,10 @@ def bundled_kernelspecs() -> dict[str, Path]:
 
 
 def _engine(args: argparse.Namespace) -> DockerEngine:
+    # Here, not at the top: the Docker SDK is absent in kernel images, where `labnotebook
+    # kernel ...` runs through the broker.
+    from .engine import DockerEngine
+
     return DockerEngine.shared(args.docker_host)
 
 

@@ -1,10 +1,10 @@
 """Where `labnotebook kernel ...` builds and keeps images: the lab's broker, or your own engine.
 
-In the lab hub (and in its kernels) members have no engine: `BrokerImages` packs the folder in
-the member's own process and sends it to the kernel broker, which builds under the lab's rules
-(hub/broker_builds.py). On a laptop `EngineImages` runs the very same build steps
-(provisioner/builds.py) on the Docker engine the user already controls, without the lab's
-quota or time limit.
+In the lab hub (and in its kernels, through the socket mounted there) members have no engine:
+`BrokerImages` packs the folder in the member's own process and sends it to the kernel broker,
+which builds under the lab's rules (hub/broker_builds.py). On a laptop `EngineImages` runs the
+very same build steps (provisioner/builds.py) on the Docker engine the user already controls,
+without the lab's quota or time limit.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any, Protocol
 
 from . import member_images as M
 from .broker_client import BrokerEngine
-from .broker_protocol import DEFAULT_SOCKET, error_from_response
+from .broker_protocol import DEFAULT_SOCKET, SHARED_SOCKET, error_from_response
 from .build_context import DEFAULT_CONTEXT_LIMIT, Conventions, pack
-from .builds import BuildLimits, BuildLog, build_conventions, build_dockerfile, dockerfile_images
 from .errors import KernelConfigError, KernelLaunchError
 
 DEFAULT_BASE = "labnotebook/kernel-python:latest"
@@ -40,8 +39,13 @@ class Images(Protocol):
 
 def broker_socket(explicit: str | None = None) -> str | None:
     """The broker's socket if this machine has one: the option, $LABNOTEBOOK_BROKER_SOCKET, or
-    the lab hub's usual place."""
-    for candidate in (explicit, os.environ.get("LABNOTEBOOK_BROKER_SOCKET"), DEFAULT_SOCKET):
+    the lab hub's usual places (in the hub, and in its kernels' containers)."""
+    for candidate in (
+        explicit,
+        os.environ.get("LABNOTEBOOK_BROKER_SOCKET"),
+        DEFAULT_SOCKET,
+        SHARED_SOCKET,
+    ):
         if candidate and os.path.exists(candidate):
             return candidate
     if explicit:
@@ -132,6 +136,16 @@ class EngineImages:
     def build(
         self, name: str, folder: str, base: str | None, say: Callable[[str], None]
     ) -> dict[str, Any]:
+        # Here, not at the top: builds.py needs the Docker SDK, which kernel images (where
+        # BrokerImages runs) lack.
+        from .builds import (
+            BuildLimits,
+            BuildLog,
+            build_conventions,
+            build_dockerfile,
+            dockerfile_images,
+        )
+
         M.check_name(name)
         Conventions.of_folder(folder)
         log = BuildLog(on_line=say)
@@ -234,4 +248,17 @@ def backend(broker: str | None = None, docker_host: str | None = None) -> Images
     if docker_host:
         return EngineImages(docker_host)
     socket_path = broker_socket(broker)
-    return BrokerImages(socket_path) if socket_path else EngineImages()
+    if socket_path:
+        return BrokerImages(socket_path)
+    try:
+        import docker  # noqa: F401
+    except ImportError:
+        # A kernel container without the lab's socket (a kernel started outside the hub, or
+        # a hub from before the broker volume): say where we looked, not a traceback.
+        raise KernelConfigError(
+            f"No kernel broker here (looked for {DEFAULT_SOCKET} and {SHARED_SOCKET}), and "
+            "no Docker SDK to build on an engine of your own. In the lab hub, run it in a "
+            "JupyterLab terminal, or ask the admin to restart the hub (`make down && make "
+            "up`) so kernels get the broker's socket; elsewhere, pip install docker."
+        ) from None
+    return EngineImages()

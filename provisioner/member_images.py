@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import docker.errors
-
 from . import labels as L
 from .errors import KernelConfigError
 
@@ -122,6 +120,10 @@ class MemberImage:
 
 
 def inspect(api: Any, reference: str) -> dict[str, Any] | None:
+    # Here, not at the top: `labnotebook kernel` imports this module in kernel images, which
+    # have no Docker SDK (it needs the SDK only on an engine).
+    import docker.errors
+
     try:
         return api.inspect_image(reference)
     except docker.errors.ImageNotFound:

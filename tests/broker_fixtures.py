@@ -46,7 +46,11 @@ KERNEL_IMAGE = os.environ.get("LABNOTEBOOK_KERNEL_IMAGE", "labnotebook/kernel-py
 class BrokerProcess:
     """`python -m labnotebook.hub.broker` as root on a private socket, with a config file."""
 
-    def __init__(self, config: str, folder: str | None = None) -> None:
+    def __init__(
+        self, config: str, folder: str | None = None, prefix: list[str] | None = None
+    ) -> None:
+        """`prefix`: a command the broker runs under, e.g. `unshare --pid --fork`."""
+        self.prefix = prefix or []
         self.folder = Path(folder or tempfile.mkdtemp(prefix="lnbtest-broker-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o755)  # users must reach the socket; only root may write here
@@ -60,6 +64,7 @@ class BrokerProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-m",
                     "labnotebook.hub.broker",

@@ -21,7 +21,7 @@ python3 -m labnotebook.hub.startup
 setsid sh -c '
     while :; do
         python3 -m labnotebook.hub.broker \
-            --socket /run/labnotebook/broker.sock \
+            --socket /run/labnotebook-broker/broker.sock \
             --config /etc/labnotebook/broker.json \
             --config-dir /srv/state/broker.d || true
         echo "labnotebook: the kernel broker exited; restarting it in 2 s" >&2

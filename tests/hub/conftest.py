@@ -79,6 +79,7 @@ class Lab:
             "HOMES_VOLUME": f"{self.name}-homedirs",
             "STATE_VOLUME": f"{self.name}-state",
             "READONLY_VOLUME": f"{self.name}-readonly",
+            "BROKER_VOLUME": f"{self.name}-broker",
             "PORT": str(self.port),
             "BIND": "127.0.0.1",
             "HUB_IMAGE": self.image,
@@ -133,8 +134,8 @@ class Lab:
         ).stdout.split()  # fmt: skip
         if kernels:
             run("docker", "rm", "-f", *kernels, check=False)
-        for volume in (f"{self.name}-homedirs", f"{self.name}-state", f"{self.name}-readonly"):
-            run("docker", "volume", "rm", "-f", volume, check=False)
+        for volume in ("homedirs", "state", "readonly", "broker"):
+            run("docker", "volume", "rm", "-f", f"{self.name}-{volume}", check=False)
         run("docker", "network", "rm", self.name, check=False)
 
 

@@ -121,7 +121,7 @@ def test_kernelspec_and_broker_config_follow_the_settings(
     spec = startup.kernelspec(lab)
     config = spec["metadata"]["kernel_provisioner"]["config"]
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "labnotebook-docker"
-    assert config["broker_socket"] == "/run/labnotebook/broker.sock"
+    assert config["broker_socket"] == "/run/labnotebook-broker/broker.sock"
     mounts = ["lab2-homedirs:/home", "lab2-readonly:/home/shared/readonly"]
     assert config["volumes"] == mounts and config["network"] == "lab2"
     broker = startup.broker_config(lab)
