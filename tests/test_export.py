@@ -263,8 +263,11 @@ def test_a_file_the_member_cannot_read_is_refused(lab: dict) -> None:
             # Imported as root (this Python's files are root's), then the member's UID.
             "import os, sys\n"
             "from labnotebook.provisioner import cli, engine, export\n"
+            f"args = cli.parser().parse_args(['export', {str(home / NOTEBOOK)!r}, "
+            f"'--data', {str(secret)!r}])\n"
             f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
-            f"sys.exit(cli.main(['export', {str(home / NOTEBOOK)!r}, '--data', {str(secret)!r}]))"
+            "try:\n    sys.exit(args.run(args))\n"
+            "except export.ExportRefused as e:\n    sys.exit(f'error: {e}')\n"
         )
         r = subprocess.run(
             [sys.executable, "-c", code],
