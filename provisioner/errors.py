@@ -44,3 +44,37 @@ class AddressUnavailable(KernelLaunchError):
 
 class PermissionRefused(KernelLaunchError, PermissionError):
     """A request would break the lab's security policy (root kernels, foreign containers...)."""
+
+
+_SHOWN: dict[type[KernelLaunchError], type[KernelLaunchError]] = {}
+
+
+def shown_by_jupyter_server(error: KernelLaunchError) -> KernelLaunchError:
+    """The same error, made a tornado HTTPError too, so that jupyter_server's REST API (and so
+    JupyterLab's dialog) gives the member its message: for any other exception it answers only
+    "Unhandled error". Still of the error's own class, with the same str(). Without tornado (no
+    Jupyter server here), the error as it is."""
+    if isinstance(error, _ShownMixin):
+        return error
+    try:
+        from tornado.web import HTTPError
+    except ImportError:
+        return error
+    cls = _SHOWN.get(type(error))
+    if cls is None:
+        cls = type(type(error).__name__, (_ShownMixin, type(error), HTTPError), {})
+        _SHOWN[type(error)] = cls
+    shown = cls(*error.args)
+    shown.__dict__.update(error.__dict__)
+    status = 403 if isinstance(error, PermissionRefused) else 500
+    # log_message is %-formatted only when args are given (none here).
+    HTTPError.__init__(shown, status, str(error))  # type: ignore[arg-type]
+    shown.args = error.args  # HTTPError.__init__ replaced them
+    shown.__cause__ = error.__cause__
+    shown.__traceback__ = error.__traceback__
+    return shown
+
+
+class _ShownMixin:
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

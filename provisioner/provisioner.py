@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import random
 import signal as signals
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 from docker.utils import parse_bytes
@@ -49,6 +51,7 @@ from .errors import (
     KernelConfigError,
     KernelDiedDuringStart,
     KernelLaunchError,
+    shown_by_jupyter_server,
 )
 from .gpus import parse_gpus
 from .identity import KernelIdentity
@@ -82,6 +85,23 @@ async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(
         _DOCKER_CALLS, partial(fn, *args, **kwargs)
     )
+
+
+T = TypeVar("T")
+
+
+def _shown(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """A launch error's message reaches the member: jupyter_server answers "Unhandled
+    error" for anything but its HTTPError (see errors.shown_by_jupyter_server)."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except KernelLaunchError as e:
+            raise shown_by_jupyter_server(e) from e.__cause__
+
+    return wrapper
 
 
 class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -399,6 +419,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             if key not in wanted or key in _NEVER_PASSED:
                 del env[key]
 
+    @_shown
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Build the container spec: identity, mounts, env, ports and the connection file."""
         kwargs = await super().pre_launch(**kwargs)  # the environment, via _finalize_env
@@ -514,6 +535,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             )
         return self.encrypt_traffic != "disabled" and kernel_can
 
+    @_shown
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         spec: KernelContainerSpec = kwargs["spec"]
         self._reap_orphans_once()
