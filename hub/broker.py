@@ -68,7 +68,9 @@ from .broker_policy import LaunchPolicy, Peer
 T = TypeVar("T")
 _NOT_GIVEN = object()
 # Requests made every few seconds per kernel or build (polls, data chunks): logged at DEBUG.
-QUIET_OPS = frozenset({"state", "logs", "build_status", "build_data"})
+QUIET_OPS = frozenset(
+    {"state", "logs", "build_status", "build_data", "export_status", "export_data", "export_save"}
+)
 
 
 def _printable(text: str, limit: int) -> str:

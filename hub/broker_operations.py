@@ -31,6 +31,7 @@ from labnotebook.provisioner.launch import size_in_bytes
 
 from .addresses import AddressBook
 from .broker_builds import ImageService
+from .broker_exports import ExportOperations, ExportPolicy, ExportService
 from .broker_policy import _TOKEN, LaunchPolicy, Peer, human_bytes
 from .build_policy import BuildPolicy
 
@@ -90,7 +91,7 @@ def _describe(container: dict[str, Any]) -> str:
     return f"{name} {labels.get(L.KERNEL_ID, '')[:8]} ({human_bytes(memory)})"
 
 
-class BrokerOperations:
+class BrokerOperations(ExportOperations):
     """The operations of `broker_protocol.OPS`, carried out on `engine` under `policy`."""
 
     def __init__(
@@ -121,6 +122,7 @@ class BrokerOperations:
         self.addresses = AddressBook(policy.network, address_hold, log)
         self.build_policy = build_policy or BuildPolicy(config=policy.config, log=log)
         self.images = ImageService(engine, policy, self.build_policy, log)
+        self.exports = ExportService(self.images, ExportPolicy(config=policy.config, log=log), log)
 
     def handler(self, op: str) -> Callable[[Peer, dict[str, Any]], Any]:
         assert op in OPS

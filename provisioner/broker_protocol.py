@@ -44,11 +44,13 @@ SHARED_SOCKET = "/run/labnotebook-broker/broker.sock"
 MAX_LINE = 1 << 20
 
 # The operations a user may ask for; "reap" additionally needs a root peer. The image ones
-# (hub/broker_builds.py): a build is build, build_data..., build_status... on one connection.
+# (hub/broker_builds.py): a build is build, build_data..., build_status... on one connection;
+# an export (hub/broker_exports.py) likewise export, export_data..., export_status...
 OPS = (
     "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap",
     "build", "build_data", "build_status", "build_cancel", "build_log",
     "images", "image_remove", "image_publish",
+    "export_base", "export", "export_data", "export_status", "export_cancel", "export_save",
 )  # fmt: skip
 
 # What a caller the broker cannot see by PID may ask for (a process in another PID namespace,
@@ -59,6 +61,7 @@ UNSEEN_PEER_OPS = frozenset(
     {
         "hello", "build", "build_data", "build_status", "build_cancel", "build_log",
         "images", "image_remove", "image_publish",
+        "export_base", "export", "export_data", "export_status", "export_cancel", "export_save",
     }
 )  # fmt: skip
 

@@ -17,6 +17,7 @@ engine, and the build goes through the kernel broker (`BrokerBuilder`).
 
 from __future__ import annotations
 
+import base64
 import datetime
 import gzip
 import io
@@ -200,19 +201,9 @@ def missing_image_message(plan: ExportPlan, notebook: str, where: str) -> str:
 # -- the build context -----------------------------------------------------------------------
 
 
-def dockerfile(plan: ExportPlan) -> str:
+def export_labels(plan: ExportPlan) -> dict[str, str]:
     record = plan.record
-    argv = record.get("kernel_argv") or [
-        "python3",
-        "-m",
-        "ipykernel_launcher",
-        "-f",
-        "{connection_file}",
-    ]
-    kernelspec = record.get("kernelspec") or "python3"
-    notebook_dir = os.path.dirname(plan.notebook.target)
-    user_home = plan.home if _within(plan.notebook.target, [plan.home]) else f"/home/{EXPORT_USER}"
-    labels = {
+    return {
         "org.labnotebook.export.notebook": plan.notebook.target,
         "org.labnotebook.export.base-image-id": record["image_id"],
         "org.labnotebook.export.base-image": str(record.get("image") or ""),
@@ -220,6 +211,100 @@ def dockerfile(plan: ExportPlan) -> str:
         "org.opencontainers.image.created": plan.created,
         "org.opencontainers.image.title": f"Reproduction of {os.path.basename(plan.notebook.target)}",
     }
+
+
+def user_home(plan: ExportPlan) -> str:
+    """HOME in the image: the member's home when the notebook lives there (so `~` paths in it
+    keep working), else a home of the export's own user."""
+    return plan.home if _within(plan.notebook.target, [plan.home]) else f"/home/{EXPORT_USER}"
+
+
+def kernel_argv(record: dict[str, Any]) -> list[str]:
+    argv = record.get("kernel_argv")
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        return argv
+    return ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+TOOLS_DIR = "/tmp/labnotebook-export-build"
+
+
+def setup_script(plan: ExportPlan) -> str:
+    """What the Dockerfile's RUN steps do, as one script for a bounded build container (the
+    broker's exports): the tools are in TOOLS_DIR, the files already at their paths. Every
+    value from the record is shell-quoted: the record is the member's data."""
+    import shlex
+
+    record = plan.record
+    home = user_home(plan)
+    q = shlex.quote
+    return f"""set -eu
+python3 -m venv {EXPORT_PREFIX}
+{EXPORT_PREFIX}/bin/pip install --no-index --no-cache-dir -q --disable-pip-version-check \
+    --find-links {TOOLS_DIR}/wheels {" ".join(RUNNER_PACKAGES)}
+rm -rf {EXPORT_PREFIX}/share/jupyter/kernels/python3
+cp {TOOLS_DIR}/reproduce.py {EXPORT_PREFIX}/reproduce.py
+{EXPORT_PREFIX}/bin/python {EXPORT_PREFIX}/reproduce.py install-kernelspec \
+    {q(str(record.get("kernelspec") or "python3"))} {q(str(record.get("language") or "python"))} \
+    {q(json.dumps(kernel_argv(record)))}
+grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/passwd \
+    || echo {q(f"{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{home}:/bin/sh")} >> /etc/passwd
+grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/group || echo '{EXPORT_USER}:x:{EXPORT_UID}:' >> /etc/group
+mkdir -p {q(home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(home)} /reproduce
+rm -rf {TOOLS_DIR}
+echo '==> Runner installed'
+"""
+
+
+def image_config(plan: ExportPlan) -> dict[str, Any]:
+    """The Dockerfile's ENV, USER, WORKDIR, ENTRYPOINT... as a commit's configuration."""
+    return {
+        "User": f"{EXPORT_UID}:{EXPORT_UID}",
+        "WorkingDir": os.path.dirname(plan.notebook.target),
+        "Env": [
+            f"HOME={user_home(plan)}",
+            f"LABNOTEBOOK_NOTEBOOK={plan.notebook.target}",
+            "LABNOTEBOOK_REPORT_DIR=/reproduce",
+        ],
+        "Entrypoint": [f"{EXPORT_PREFIX}/bin/python", f"{EXPORT_PREFIX}/reproduce.py"],
+        "Cmd": ["check"],
+        "ExposedPorts": {"8888/tcp": {}},
+        "Labels": export_labels(plan),
+    }
+
+
+def tools_tar(wheelhouse: Path, out: IO[bytes]) -> None:
+    """The runner's part of a broker export: reproduce.py and the lab's wheels."""
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        data = (Path(__file__).parent / "reproduce.py").read_bytes()
+        info = tarfile.TarInfo("reproduce.py")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+        wheels = sorted(p for p in wheelhouse.iterdir() if p.name.endswith(".whl"))
+        if not wheels:
+            raise ExportRefused(f"The wheelhouse {wheelhouse} holds no wheels.")
+        for wheel in wheels:
+            tar.add(str(wheel), f"wheels/{wheel.name}", recursive=False, filter=_plain)
+
+
+def pack_files(plan: ExportPlan, out: IO[bytes]) -> None:
+    """The notebook and data as a tar named by their paths in the image (no leading '/'),
+    read by this process - the member's - from the files that were checked."""
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for item in plan.items:
+            with open(item.source, "rb") as f:
+                info = tarfile.TarInfo(item.target.lstrip("/"))
+                info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
+                tar.addfile(info, f)
+
+
+def dockerfile(plan: ExportPlan) -> str:
+    record = plan.record
+    argv = kernel_argv(record)
+    kernelspec = record.get("kernelspec") or "python3"
+    notebook_dir = os.path.dirname(plan.notebook.target)
+    home = user_home(plan)
+    labels = export_labels(plan)
     q = json.dumps
     label_lines = " \\\n      ".join(f"{q(k)}={q(v)}" for k, v in labels.items())
     tops = sorted({"/" + item.target.strip("/").split("/")[0] for item in plan.items})
@@ -239,12 +324,12 @@ RUN {EXPORT_PREFIX}/bin/python {EXPORT_PREFIX}/reproduce.py install-kernelspec \
         {q(kernelspec)} {q(record.get("language") or "python")} {q(json.dumps(argv))}
 # A non-root user owns and runs everything (UID {EXPORT_UID}; an image's own user with that UID is kept).
 RUN (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/passwd \\
-     || echo '{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{user_home}:/bin/sh' >> /etc/passwd) \\
+     || echo '{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{home}:/bin/sh' >> /etc/passwd) \\
  && (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/group || echo '{EXPORT_USER}:x:{EXPORT_UID}:' >> /etc/group) \\
- && mkdir -p {q(user_home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(user_home)} /reproduce
+ && mkdir -p {q(home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(home)} /reproduce
 {"".join(f"COPY --chown={EXPORT_UID}:{EXPORT_UID} files{top}/ {top}/{chr(10)}" for top in tops)}\
 LABEL {label_lines}
-ENV HOME={q(user_home)} LABNOTEBOOK_NOTEBOOK={q(plan.notebook.target)} LABNOTEBOOK_REPORT_DIR=/reproduce
+ENV HOME={q(home)} LABNOTEBOOK_NOTEBOOK={q(plan.notebook.target)} LABNOTEBOOK_REPORT_DIR=/reproduce
 USER {EXPORT_UID}:{EXPORT_UID}
 WORKDIR {q(notebook_dir)}
 EXPOSE 8888
@@ -417,15 +502,118 @@ class EngineBuilder:
         self.engine.call(self.engine.api.remove_image, ref)
 
 
-class BrokerBuilder(EngineBuilder):
-    """Exports in the lab hub, where members have no engine: the kernel broker's `build`."""
+class BrokerBuilder:
+    """Exports in the lab hub, where members have no engine: through the kernel broker.
 
-    def __init__(self, socket_path: str) -> None:
+    This process - the member's - reads and packs the notebook and the data files (the root
+    broker never opens a member's file); the broker checks the paths and the recorded image,
+    adds the runner from the hub's own wheelhouse, builds in a bounded container (never from
+    anything the member wrote as build instructions) and tags the image in the member's
+    namespace under the lab's quota (hub/broker_exports.py).
+    """
+
+    remote = True
+
+    def __init__(self, socket_path: str, broker_uid: int | None = 0) -> None:
+        from .broker_client import BrokerEngine
+
+        self.client = BrokerEngine(socket_path, broker_uid=broker_uid)
+        self.export_id: str | None = None
+
+    def where(self) -> str:
+        return "the lab's engine"
+
+    def image_exists(self, image_id: str) -> bool:
+        # Refused (not False) when the image is someone else's unpublished one.
+        return bool(self.client.call("export_base", image=image_id)["exists"])
+
+    def image_size(self, ref: str) -> int:  # pragma: no cover - the broker reports sizes
+        raise NotImplementedError
+
+    def wheelhouse_from_image(self, image: str, cache: Path) -> Path | None:
+        return None  # the broker adds its own wheelhouse
+
+    def build(self, context: IO[bytes], tag: str, progress: Callable[[str], None]) -> str:
+        raise NotImplementedError("exports through the broker send files, not a context")
+
+    def export(self, plan: ExportPlan, name: str, say: Callable[[str], None]) -> dict[str, Any]:
+        """Send the files, follow the broker's build; its result (image, repository, tag...)."""
+        with tempfile.TemporaryFile(prefix="labnotebook-export-") as packed:
+            pack_files(plan, packed)
+            size = packed.tell()
+            packed.seek(0)
+            begun = self.client.call(
+                "export",
+                name=name,
+                image=plan.record["image_id"],
+                notebook=plan.notebook.target,
+                size=size,
+            )
+            self.export_id, chunk = str(begun["export"]), int(begun["chunk"])
+            say(f"Sending the files to the lab's builder ({human(size)})")
+            try:
+                sent = 0
+                while True:
+                    data = packed.read(chunk)
+                    sent += len(data)
+                    last = sent >= size
+                    self.client.call(
+                        "export_data",
+                        export=self.export_id,
+                        data=base64.b64encode(data).decode(),
+                        last=last,
+                    )
+                    if last:
+                        break
+                return self._follow(say)
+            except KeyboardInterrupt:
+                self.client.call("export_cancel", export=self.export_id)
+                raise
+
+    def _follow(self, say: Callable[[str], None]) -> dict[str, Any]:
+        from .broker_protocol import error_from_response
+
+        since = 0
+        while True:
+            status = self.client.call("export_status", export=self.export_id, since=since, wait=5.0)
+            for line in status["lines"]:
+                say("  " + line)
+            since = status["next"]
+            if status["done"]:
+                if status.get("error"):
+                    raise error_from_response(status)
+                return dict(status["result"])
+
+    def save(self, ref: str, out: IO[bytes]) -> None:
+        """`docker save` of the export just built, streamed back by the broker; written here,
+        by the member's process, where the member can write."""
+        while True:
+            answer = self.client.call("export_save", export=self.export_id)
+            out.write(base64.b64decode(answer["data"]))
+            if answer["done"]:
+                return
+
+    def remove(self, ref: str) -> None:  # pragma: no cover - `labnotebook kernel rm`
+        raise NotImplementedError
+
+
+def hub_name(given: str | None, notebook: str) -> str:
+    """The export's NAME in the member's namespace (`labnotebook-user/MEMBER/NAME:vN`)."""
+    from . import member_images as M
+
+    if given is None:
+        stem = re.sub(r"[^a-z0-9]+", "-", Path(notebook).stem.lower()).strip("-") or "notebook"
+        given = f"{stem[:57].rstrip('-')}-export"
+    if ":" in given or "/" in given:
         raise ExportRefused(
-            "Exporting from the lab hub needs the kernel broker's image builds, which this "
-            "lab's version does not have yet. Ask the lab's admin, or export on a machine with "
-            f"Docker (copy the notebook and its data there). Broker: {socket_path}."
+            f"--name {given}: in the lab an export is a versioned image in your namespace, "
+            f"{M.USER_NAMESPACE}/YOU/NAME:vN (numbered like kernel builds), so give only the "
+            "NAME, e.g. --name smith2026-figure3."
         )
+    try:
+        return M.check_name(given)
+    except KernelLaunchError as e:
+        raise ExportRefused(f"--name: {e}") from None
 
 
 class _Chunks(io.RawIOBase):
@@ -478,13 +666,17 @@ def export(
     compress_level: int = 6,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    plan = plan_export(notebook, data, name)
+    remote = isinstance(builder, BrokerBuilder)
+    kernel_name = hub_name(name, notebook) if remote else ""
+    plan = plan_export(notebook, data, None if remote else name)
+    if remote:
+        plan.name = kernel_name
     if not builder.image_exists(plan.record["image_id"]):
         raise ExportRefused(missing_image_message(plan, notebook, builder.where()))
     archive_dir = Path(output or f"{plan.name.split(':')[0].replace('/', '-')}-export")
     if archive and archive_dir.exists() and not archive_dir.is_dir():
         raise ExportRefused(f"--output {archive_dir} exists and is not a folder.")
-    wheels = find_wheelhouse(wheelhouse, builder)
+    wheels = None if remote else find_wheelhouse(wheelhouse, builder)
 
     say(f"Exporting {notebook} as {plan.name}, FROM {plan.record['image_id']}")
     say(f"  ({plan.record.get('image')}, recorded {plan.record.get('recorded_at')})")
@@ -497,20 +689,25 @@ def export(
         "birth and anything else that identifies people (in the data and in the notebook's "
         "outputs) before you share it."
     )
-    with tempfile.TemporaryFile(prefix="labnotebook-export-") as context:
-        write_context(plan, wheels, context)
-        context.seek(0)
-        image_id = builder.build(context, plan.name, say)
-    base_size = builder.image_size(plan.record["image_id"])
-    size = builder.image_size(image_id)
+    if isinstance(builder, BrokerBuilder):
+        built = builder.export(plan, kernel_name, say)
+        plan.name = f"{built['repository']}:{built['tag']}"
+        image_id, added = str(built["image"]), int(built["added"])
+    else:
+        assert wheels is not None
+        with tempfile.TemporaryFile(prefix="labnotebook-export-") as context:
+            write_context(plan, wheels, context)
+            context.seek(0)
+            image_id = builder.build(context, plan.name, say)
+        added = builder.image_size(image_id) - builder.image_size(plan.record["image_id"])
     result: dict[str, Any] = {
         "image": plan.name,
         "image_id": image_id,
         "base_image_id": plan.record["image_id"],
-        "added_bytes": size - base_size,
+        "added_bytes": added,
         "files": [{"path": i.target, "size": i.size} for i in plan.items],
     }
-    say(f"Built {plan.name} ({image_id[:19]}), {human(size - base_size)} over its base image.")
+    say(f"Built {plan.name} ({image_id[:19]}), {human(added)} over its base image.")
     say(
         f"  docker run --rm --network none {plan.name}          # re-run and compare, exit 0 if reproduced"
     )
@@ -530,7 +727,7 @@ def export(
             partial.unlink(missing_ok=True)
             raise
         (archive_dir / "REPRODUCING.md").write_text(reproducing_md(plan, image_id, tarball.name))
-        result["archive"] = str(tarball)
+        result["archive"] = str(tarball.resolve())
         say(
             f"Wrote {tarball} ({human(tarball.stat().st_size)}) and {archive_dir / 'REPRODUCING.md'}"
         )
@@ -596,12 +793,13 @@ Everything runs as an unprivileged user (UID {EXPORT_UID}).
 
 
 def main(args: Any) -> int:
-    from .broker_protocol import DEFAULT_SOCKET
+    from .broker_protocol import DEFAULT_SOCKET, SHARED_SOCKET
 
-    # In the hub members have the broker's socket and no engine: exports go through the broker.
+    # In the hub (and its kernels) members have the broker's socket and no engine: exports go
+    # through the broker.
     broker = args.broker_socket or os.environ.get("LABNOTEBOOK_BROKER_SOCKET")
-    if broker is None and args.docker_host is None and os.path.exists(DEFAULT_SOCKET):
-        broker = DEFAULT_SOCKET
+    if broker is None and args.docker_host is None:
+        broker = next((s for s in (DEFAULT_SOCKET, SHARED_SOCKET) if os.path.exists(s)), None)
     if broker:
         builder: Builder = BrokerBuilder(broker)
     else:

@@ -1,0 +1,714 @@
+"""The broker's exports: `labnotebook export` in the lab hub (see provisioner/export.py).
+
+Like a kernel build, an export is a short conversation on the broker's socket:
+
+    export_base   {image}                         -> {exists}   (may the member start from it?)
+    export        {name, image, notebook, size}   -> {export, chunk}   (checks; the member's slot)
+    export_data   {export, data, last}            -> {received}        (the packed files)
+    export_status {export, since, wait}           -> {lines, next, done, result | error}
+    export_cancel {export}
+    export_save   {export}                        -> {data, done}      (`docker save`, in chunks)
+
+What the broker trusts from the member is data, never instructions or paths it opens:
+
+* the notebook and data files are read and packed by the member's own process (the root
+  broker never opens a member's file), and arrive as a tar whose entries are checked here -
+  regular files only, absolute paths in the member's home (from the user database, not
+  $HOME) or /home/shared, no `..` - and re-packed by the broker with the export user's
+  ownership, so nothing else of the tar (links, modes, owners) reaches the image;
+* the recorded image is read from the notebook in that tar, must be the one announced, and
+  must be an image the member may launch (a lab image by one of its tags, their own, or a
+  published one): the export starts `FROM` exactly that ID;
+* the runner (reproduce.py and the wheels of nbclient and JupyterLab) comes from the hub's own
+  installation, never from the member; the steps that install it are generated here
+  (export.setup_script) and run - like convention builds - in a bounded container from the
+  recorded image (no network, dropped capabilities, no-new-privileges, memory and process
+  limits, the lab's time limit), which is then committed with the export's command, user and
+  labels. Not the engine's Dockerfile builder: it would run those steps with Docker's default
+  capabilities and no process limit on an image the member may have made.
+
+The image is a member image like a kernel build's: `labnotebook-user/<member>/<NAME>:v<N>`,
+with the owner labels, under the member's quota, one build or export per member at a time
+(the slot is shared with kernel builds) and at most `BuildPolicy.max_builds` lab-wide. The
+archive (`--archive`) is streamed back to the member's process, which writes it: the broker
+never writes into homes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import pwd
+import re
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import docker.errors
+from docker.types import LogConfig
+from labnotebook.provisioner import export as X
+from labnotebook.provisioner import labels as L
+from labnotebook.provisioner import member_images as M
+from labnotebook.provisioner.build_context import too_large
+from labnotebook.provisioner.builds import (
+    BUILD_CAPABILITIES,
+    BuildFailed,
+    BuildLimits,
+    BuildLog,
+    _follow,
+    _tar_dir,
+    _wait,
+    human,
+    quota_message,
+)
+from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
+from labnotebook.provisioner.record import record_of
+from traitlets import Int, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .broker_builds import KEEP_FINISHED, MAX_STATUS_LINES, STALLED_UPLOAD, BuildJob, ImageService
+from .broker_policy import Peer
+
+CHUNK = 512 << 10
+"""File bytes per export_data request (as for builds: base64 of it fits a request line)."""
+SAVE_CHUNK = 4 << 20
+"""Image bytes per export_save answer: base64 of it stays well under an answer's limit."""
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_EXPORT_ROLE = "export"
+
+
+class ExportPolicy(LoggingConfigurable):
+    """The admin's settings for members' exports through the broker (the build rules -
+    quota, time, memory, slots - are BuildPolicy's)."""
+
+    wheelhouse = Unicode(
+        X.HUB_WHEELHOUSE,
+        config=True,
+        help="""Root-owned folder of the wheels an export installs on top of the recorded
+        kernel image (nbclient, nbformat, JupyterLab and their dependencies), so exports
+        build without the network. The hub image has them here; never a member's folder.""",
+    )
+    max_notebook = Int(
+        100 << 20,
+        config=True,
+        help="""Largest notebook (bytes) the broker parses to read its record.""",
+    )
+
+
+@dataclass
+class ExportJob:
+    id: str
+    uid: int
+    username: str
+    home: str
+    name: str
+    image_id: str
+    notebook: str
+    size: int
+    file: IO[bytes]
+    log: BuildLog
+    slot: BuildJob
+    """The placeholder in the ImageService's jobs: one build or export per member."""
+    received: int = 0
+    state: str = "upload"  # upload, running, done, failed
+    touched: float = field(default_factory=time.monotonic)
+    result: dict[str, Any] | None = None
+    error: KernelLaunchError | None = None
+    save: Iterator[bytes] | None = None
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def cancel(self) -> threading.Event:
+        return self.slot.cancel
+
+
+class ExportService:
+    """Members' exports, sharing the ImageService's engine, rules and build slots."""
+
+    def __init__(self, images: ImageService, policy: ExportPolicy, log: Any) -> None:
+        self.images = images
+        self.policy = policy
+        self.log = log
+        self._jobs: dict[str, ExportJob] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def api(self) -> Any:
+        return self.images.api
+
+    # -- the recorded image ----------------------------------------------------------------------
+
+    def base(self, peer: Peer, image: str) -> dict[str, Any] | None:
+        """The recorded image if the member may start from it; None if it is gone."""
+        if not isinstance(image, str) or not _IMAGE_ID.match(image):
+            raise KernelConfigError(
+                f"{image!r} is not an image ID (sha256:64 hex digits): the notebook's record "
+                "is damaged. Re-run the notebook on a lab kernel and save it."
+            )
+        details = M.inspect(self.api, image)
+        if details is None:
+            return None
+        tags = [t for t in details.get("RepoTags") or [] if t != "<none>:<none>"]
+        patterns = self.images.launch.allowed_images
+        if any(fnmatch.fnmatchcase(t, p) for t in tags for p in patterns):
+            return details
+        if self.images.launchable(peer, image):  # raises for others' unpublished images
+            return details
+        raise PermissionRefused(
+            f"The image {image[:19]}... is not one of this lab's kernel images (by any of its "
+            f"names: {', '.join(tags) or 'none'}), nor one of your own or a published one: "
+            "exports start only from images you may run as kernels."
+        )
+
+    # -- the conversation ------------------------------------------------------------------------
+
+    def begin(self, peer: Peer, name: str, image: str, notebook: str, size: int) -> dict[str, Any]:
+        build_policy = self.images.policy
+        if not build_policy.enabled:
+            raise PermissionRefused(
+                "This lab does not build images for members (BuildPolicy.enabled), exports "
+                "included. Export on a machine with Docker instead."
+            )
+        identity = self.images.launch.identity_of(peer)
+        if identity.uid == 0:
+            raise PermissionRefused("Root exports with its own engine, not through the broker.")
+        M.check_name(name)
+        if size <= 0 or size > build_policy.context_bytes:
+            raise PermissionRefused(
+                too_large("the notebook and its data", build_policy.context_bytes)
+            )
+        home = member_home(peer.uid)
+        check_target(notebook, home)
+        if self.base(peer, image) is None:
+            raise KernelConfigError(
+                f"The image {image[:19]}... the notebook records is gone from the lab's engine."
+            )
+        wheelhouse = Path(self.policy.wheelhouse)
+        if not wheelhouse.is_dir() or not any(wheelhouse.glob("*.whl")):
+            raise KernelLaunchError(
+                "The lab's hub has no wheelhouse for exports (ExportPolicy.wheelhouse "
+                f"{wheelhouse}); ask the lab's admin to rebuild the hub image."
+            )
+        quota = build_policy.quota_bytes
+        if quota is not None:
+            used = M.used_bytes(M.member_images(self.api, peer.uid))
+            if used >= quota:
+                raise PermissionRefused(
+                    f"Your images already use {human(used)} of your {human(quota)} quota. "
+                    "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
+                    "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
+                )
+        # One build or export per member, shared with kernel builds: a placeholder job in the
+        # ImageService's table (under its lock) that its own checks count. Its ID is never
+        # told to anyone, so no build operation can act on it.
+        images = self.images
+        with images._lock:
+            images._forget_finished()
+            self._forget_finished()
+            mine = [j for j in images._jobs.values() if j.uid == peer.uid and j.active]
+            if mine:
+                raise PermissionRefused(
+                    f"You already have a build or export running ({mine[0].name!r}): one per "
+                    "member at a time. Wait for it to finish, or stop it (Ctrl-C where it runs)."
+                )
+            running = [j for j in images._jobs.values() if j.active]
+            if len(running) >= build_policy.max_builds:
+                raise PermissionRefused(
+                    f"The lab is running {len(running)} image builds already, the most at once "
+                    "(BuildPolicy.max_builds). Try again in a few minutes."
+                )
+            slot = BuildJob(
+                id=uuid.uuid4().hex,
+                uid=peer.uid,
+                username=identity.username,
+                name=f"export {name}",
+                base={},
+                size=0,
+                file=io.BytesIO(),
+                log=BuildLog(limit=1),
+            )
+            images._jobs[slot.id] = slot
+            job = ExportJob(
+                id=uuid.uuid4().hex,
+                uid=peer.uid,
+                username=identity.username,
+                home=home,
+                name=name,
+                image_id=image,
+                notebook=notebook,
+                size=size,
+                file=tempfile.TemporaryFile(prefix="labnotebook-export-"),  # noqa: SIM115
+                log=BuildLog(limit=build_policy.log_bytes),
+                slot=slot,
+            )
+            with self._lock:
+                self._jobs[job.id] = job
+        return {"export": job.id, "chunk": CHUNK}
+
+    def _forget_finished(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for job in list(self._jobs.values()):
+                idle = now - job.touched
+                finished = job.state in ("done", "failed") and idle > KEEP_FINISHED
+                stalled = job.state == "upload" and (idle > STALLED_UPLOAD or job.cancel.is_set())
+                if finished or stalled:
+                    self._drop(job)
+
+    def _drop(self, job: ExportJob) -> None:
+        """Forget `job` (under self._lock); a running one is only told to stop."""
+        job.cancel.set()
+        if job.state == "running":
+            return
+        job.file.close()
+        self._close_save(job)
+        self._jobs.pop(job.id, None)
+        if job.slot.state in ("upload", "running"):
+            job.slot.state = "failed"
+        job.slot.touched = time.monotonic()
+
+    @staticmethod
+    def _close_save(job: ExportJob) -> None:
+        if job.save is not None:
+            with contextlib.suppress(Exception):
+                job.save.close()  # type: ignore[attr-defined]
+            job.save = None
+
+    def _job(self, peer: Peer, export: str) -> ExportJob:
+        with self._lock:
+            job = self._jobs.get(export)
+        if job is None or job.uid != peer.uid:
+            raise KernelConfigError(
+                "No such export of yours (it finished long ago, or was abandoned)."
+            )
+        job.touched = job.slot.touched = time.monotonic()
+        return job
+
+    def data(self, peer: Peer, export: str, data: str, last: bool) -> dict[str, Any]:
+        job = self._job(peer, export)
+        if job.state != "upload":
+            raise KernelConfigError("This export has all its files already.")
+        if job.cancel.is_set():
+            raise KernelConfigError("This export was stopped.")
+        try:
+            chunk = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise KernelConfigError("export_data: 'data' must be base64.") from None
+        job.received += len(chunk)
+        if job.received > job.size:
+            with self._lock:
+                self._drop(job)
+            raise PermissionRefused(
+                too_large("the notebook and its data", self.images.policy.context_bytes)
+            )
+        job.file.write(chunk)
+        if last:
+            if job.received != job.size:
+                with self._lock:
+                    self._drop(job)
+                raise KernelConfigError(
+                    f"The export's files ended after {job.received} of {job.size} bytes."
+                )
+            job.state = job.slot.state = "running"
+            threading.Thread(
+                target=self._run, args=(job,), name=f"export-{job.username}", daemon=True
+            ).start()
+        return {"received": job.received}
+
+    async def status(self, peer: Peer, export: str, since: int, wait: float) -> dict[str, Any]:
+        job = self._job(peer, export)
+        called = time.monotonic()
+        deadline = called + max(0.0, min(wait, 10.0))
+        while True:
+            lines, following = job.log.since(since)
+            finished = job.state in ("done", "failed")
+            now = time.monotonic()
+            if finished or now >= deadline or (lines and now - called >= min(wait, 1.0)):
+                break
+            await asyncio.sleep(0.1)
+        lines = lines[:MAX_STATUS_LINES]
+        answer: dict[str, Any] = {
+            "lines": lines,
+            "next": since + len(lines) if len(lines) == MAX_STATUS_LINES else following,
+            "done": finished and len(lines) < MAX_STATUS_LINES,
+        }
+        if answer["done"]:
+            answer["result"] = job.result
+            if job.error is not None:
+                answer["error"] = type(job.error).__name__
+                answer["message"] = str(job.error)
+        return answer
+
+    def cancel(self, peer: Peer, export: str) -> None:
+        job = self._job(peer, export)
+        with self._lock:
+            self._drop(job)
+
+    def save(self, peer: Peer, export: str) -> dict[str, Any]:
+        """The next chunk of `docker save` of the export's image (its tag in the member's
+        namespace, so `docker load` names it again)."""
+        job = self._job(peer, export)
+        if job.state != "done" or job.result is None:
+            raise KernelConfigError("This export has no image to save (it did not finish).")
+        with job.save_lock:
+            if job.save is None:
+                reference = f"{job.result['repository']}:{job.result['tag']}"
+                job.save = iter(self.api.get_image(reference, chunk_size=SAVE_CHUNK))
+            buffer = bytearray()
+            done = False
+            while len(buffer) < SAVE_CHUNK:
+                try:
+                    buffer += next(job.save)
+                except StopIteration:
+                    done = True
+                    break
+            if done:
+                self._close_save(job)
+        return {"data": base64.b64encode(bytes(buffer)).decode(), "done": done}
+
+    # -- the build ---------------------------------------------------------------------------
+
+    def _run(self, job: ExportJob) -> None:
+        started = time.monotonic()
+        try:
+            job.result = self._build(job)
+            job.state = "done"
+            job.log.add(f"==> Built {job.result['repository']}:{job.result['tag']}")
+        except KernelLaunchError as e:
+            job.error, job.state = e, "failed"
+        except docker.errors.APIError as e:
+            job.error = BuildFailed(f"The Docker engine refused: {e.explanation or e}")
+            job.state = "failed"
+        except Exception as e:
+            self.log.exception("Export %s of %s failed", job.name, job.username)
+            job.error = KernelLaunchError(
+                f"The kernel broker failed during the export ({type(e).__name__}); the lab's "
+                "admin will find details in the broker's log."
+            )
+            job.state = "failed"
+        finally:
+            job.file.close()
+            job.touched = job.slot.touched = time.monotonic()
+            job.slot.state = job.state
+            self.log.info(
+                "%s(%d) export %s: %s in %.0f s",
+                job.username,
+                job.uid,
+                job.name,
+                "ok" if job.state == "done" else type(job.error).__name__,
+                time.monotonic() - started,
+            )
+
+    def _build(self, job: ExportJob) -> dict[str, Any]:
+        peer = Peer(0, job.uid, 0)
+        base = self.base(peer, job.image_id)
+        if base is None:
+            raise KernelConfigError(
+                f"The image {job.image_id[:19]}... is gone from the lab's engine."
+            )
+        with tempfile.TemporaryFile(prefix="labnotebook-export-files-") as files:
+            plan, digest = self._plan(job, files)
+            build_policy = self.images.policy
+            images = M.member_images(self.api, job.uid)
+            quota = build_policy.quota_bytes
+            room = None if quota is None else quota - M.used_bytes(images)
+            version = M.next_version(images, job.name)
+            repository = M.repository(job.username, job.uid, job.name)
+            tag = f"v{version}"
+            if M.inspect(self.api, f"{repository}:{tag}") is not None:
+                raise PermissionRefused(
+                    f"{repository}:{tag} already exists and is not a new version of yours; "
+                    "nothing was built. Ask the lab's admin to look at it."
+                )
+            plan.name = f"{repository}:{tag}"
+            labels = {
+                **M.image_labels(
+                    owner=job.username,
+                    owner_uid=job.uid,
+                    name=job.name,
+                    version=version,
+                    built=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    context_digest=digest,
+                    base_id=base["Id"],
+                    base_size=int(base.get("Size") or 0),
+                ),
+                **X.export_labels(plan),
+            }
+            limits = build_policy.limits(room)
+            # The runner installs from local wheels: no network, whatever builds use.
+            limits.network = "none"
+            job.log.add(
+                f"==> Building {repository}:{tag} FROM {base['Id'][:19]} "
+                f"({', '.join((base.get('RepoTags') or [])[:1]) or 'untagged'})"
+            )
+            files.seek(0)
+            image_id = self._container_build(job, base, plan, files, labels, limits)
+        built = M.MemberImage.of(self.api.inspect_image(image_id))
+        if built is None or built.owner_uid != job.uid:
+            self._untag(f"{repository}:{tag}")
+            raise BuildFailed("The built image does not carry your labels; nothing was kept.")
+        if room is not None and built.added > room:
+            self._untag(f"{repository}:{tag}")
+            raise PermissionRefused(quota_message(built.added, limits))
+        return {
+            "image": built.id,
+            "repository": repository,
+            "tag": tag,
+            "version": version,
+            "name": job.name,
+            "added": built.added,
+            "base_image_id": base["Id"],
+        }
+
+    def _plan(self, job: ExportJob, out: IO[bytes]) -> tuple[X.ExportPlan, str]:
+        """The member's tar, checked, re-packed into `out` for the image (owner UID 1000,
+        plain modes, the folders below the top one too); the plan and a digest of it."""
+        items: list[X.Item] = []
+        record: dict[str, Any] | None = None
+        digest = hashlib.sha256()
+        folders: set[str] = set()
+        job.file.seek(0)
+        with (
+            tarfile.open(fileobj=job.file, mode="r:") as tar,
+            tarfile.open(fileobj=out, mode="w") as packed,
+        ):
+            for member in tar:
+                target = check_target("/" + member.name, job.home)
+                if not member.isfile():
+                    raise KernelConfigError(
+                        f"{target}: only regular files go into an export (not links or devices)."
+                    )
+                if any(i.target == target for i in items):
+                    raise KernelConfigError(f"{target} came twice.")
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                if target == job.notebook:
+                    if member.size > self.policy.max_notebook:
+                        raise PermissionRefused(
+                            f"The notebook is larger than {human(self.policy.max_notebook)}."
+                        )
+                    content = extracted.read()
+                    try:
+                        notebook = json.loads(content)
+                    except ValueError:
+                        raise KernelConfigError(f"{target} is not a notebook (JSON).") from None
+                    record = record_of(notebook) if isinstance(notebook, dict) else None
+                    extracted = io.BytesIO(content)
+                # Folders below the top one belong to the export's user, as the Dockerfile's
+                # COPY --chown makes them (the top one, /home, stays the image's).
+                parts = target.strip("/").split("/")
+                for depth in range(2, len(parts)):
+                    folder = "/".join(parts[:depth])
+                    if folder not in folders:
+                        folders.add(folder)
+                        info = tarfile.TarInfo(folder)
+                        info.type, info.mode = tarfile.DIRTYPE, 0o755
+                        info.uid = info.gid = X.EXPORT_UID
+                        packed.addfile(info)
+                info = tarfile.TarInfo(target.lstrip("/"))
+                info.size, info.mode, info.mtime = member.size, 0o644, member.mtime
+                info.uid = info.gid = X.EXPORT_UID
+                packed.addfile(info, _Hashing(extracted, digest))
+                digest.update(target.encode() + b"\0")
+                items.append(X.Item(source=target, target=target, size=member.size))
+        notebook_item = next((i for i in items if i.target == job.notebook), None)
+        if notebook_item is None:
+            raise KernelConfigError(f"The notebook {job.notebook} was not among the files sent.")
+        if record is None:
+            raise KernelConfigError(
+                f"{job.notebook} records no kernel image (no metadata.labnotebook): run it on a "
+                "lab kernel and save it, then export."
+            )
+        if record["image_id"] != job.image_id:
+            raise KernelConfigError(
+                f"{job.notebook} records {record['image_id'][:19]}..., not the image announced "
+                "at the start of the export; was it saved meanwhile? Export again."
+            )
+        plan = X.ExportPlan(
+            notebook=notebook_item,
+            record=record,
+            data=[i for i in items if i is not notebook_item],
+            name=job.name,
+            home=job.home,
+        )
+        return plan, "sha256:" + digest.hexdigest()
+
+    def _container_build(
+        self,
+        job: ExportJob,
+        base: dict[str, Any],
+        plan: X.ExportPlan,
+        files: IO[bytes],
+        labels: dict[str, str],
+        limits: BuildLimits,
+    ) -> str:
+        """Like builds.build_conventions: the generated setup script in a bounded container
+        from the recorded image, committed with the export's configuration."""
+        api = self.api
+        host_config = api.create_host_config(
+            mem_limit=limits.memory,
+            memswap_limit=limits.memory,
+            nano_cpus=limits.nano_cpus,
+            pids_limit=limits.pids,
+            network_mode="none",
+            security_opt=["no-new-privileges:true"],
+            cap_drop=["ALL"],
+            cap_add=BUILD_CAPABILITIES,
+            init=True,
+            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+        )
+        container = api.create_container(
+            base["Id"],
+            entrypoint=["/bin/sh", "-c"],
+            command=[X.setup_script(plan)],
+            user="0:0",
+            labels={L.ROLE: M.BUILD_ROLE, L.OWNER: job.username, L.OWNER_UID: str(job.uid)},
+            host_config=host_config,
+            detach=True,
+        )["Id"]
+        try:
+            with tempfile.TemporaryFile(prefix="labnotebook-export-tools-") as tools:
+                X.tools_tar(Path(self.policy.wheelhouse), tools)
+                tools.seek(0)
+                api.put_archive(container, "/", _tar_dir(X.TOOLS_DIR.lstrip("/")))
+                api.put_archive(container, X.TOOLS_DIR, tools)
+            api.put_archive(container, "/", files)
+            api.start(container)
+            follower = threading.Thread(target=_follow, args=(api, container, job.log))
+            follower.daemon = True
+            follower.start()
+            exit_code = _wait(api, container, limits, job.cancel)
+            follower.join(10)
+            if exit_code != 0:
+                raise BuildFailed(
+                    f"Installing the runner on the recorded image failed (exit code "
+                    f"{exit_code}); its last lines:\n{job.log.tail()}\nThe image needs python3 "
+                    "with venv; ask the lab's admin if it is a lab image."
+                )
+            conf = X.image_config(plan)
+            conf["Labels"] = {**((base.get("Config") or {}).get("Labels") or {}), **labels}
+            repository, _, tag = plan.name.rpartition(":")
+            committed = api.commit(
+                container,
+                repository=repository,
+                tag=tag,
+                message=f"labnotebook export of {plan.notebook.target}",
+                author=job.username,
+                conf=conf,
+            )
+            return str(committed["Id"])
+        finally:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_container(container, force=True, v=True)
+
+    def _untag(self, reference: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.api.remove_image(reference, noprune=False)
+
+
+class _Hashing(io.RawIOBase):
+    """A file read into the repacked tar, hashed on the way (the export's context digest)."""
+
+    def __init__(self, source: IO[bytes], digest: Any) -> None:
+        self.source = source
+        self.digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        return data
+
+
+def member_home(uid: int) -> str:
+    """The member's home from the user database (not $HOME, which the member sets)."""
+    try:
+        return os.path.normpath(pwd.getpwuid(uid).pw_dir)
+    except KeyError:
+        raise PermissionRefused(f"UID {uid} has no account here.") from None
+
+
+def check_target(path: Any, home: str) -> str:
+    """A path in the image: absolute, plain (no '.', '..', empty parts or control
+    characters), in the member's home or /home/shared - kept as the notebook knows it."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise KernelConfigError(f"{path!r}: paths in an export are absolute.")
+    parts = path[1:].split("/")
+    if any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 for c in path):
+        raise KernelConfigError(
+            f"{path!r} is not a plain path (no '.', '..', empty parts or control characters)."
+        )
+    if not X._within(path, [home, X.SHARED_ROOT]) or path in (home, X.SHARED_ROOT):
+        raise PermissionRefused(
+            f"{path} is outside your home ({home}) and {X.SHARED_ROOT}: only files from there "
+            "go into an export."
+        )
+    return path
+
+
+class ExportOperations:
+    """The export operations of BrokerOperations (a mixin: it has `exports` and `run`)."""
+
+    exports: ExportService
+
+    async def run(self, fn: Any, *args: Any, pool: Any = None) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def _export_arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
+        from .broker_operations import _arguments
+
+        return _arguments(request, op, **fields)
+
+    async def op_export_base(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(request, "export_base", image=str)
+        details = await self.run(self.exports.base, peer, args["image"])
+        return {"ok": True, "result": {"exists": details is not None}}
+
+    async def op_export(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(
+            request, "export", name=str, image=str, notebook=str, size=int
+        )
+        result = await self.run(
+            self.exports.begin, peer, args["name"], args["image"], args["notebook"], args["size"]
+        )
+        return {"ok": True, "result": result}
+
+    async def op_export_data(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(
+            request, "export_data", export=str, data=str, last=(bool, False)
+        )
+        result = await self.run(self.exports.data, peer, args["export"], args["data"], args["last"])
+        return {"ok": True, "result": result}
+
+    async def op_export_status(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(
+            request, "export_status", export=str, since=(int, 0), wait=((int, float), 2.0)
+        )
+        result = await self.exports.status(peer, args["export"], args["since"], float(args["wait"]))
+        return {"ok": True, "result": result}
+
+    async def op_export_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(request, "export_cancel", export=str)
+        await self.run(self.exports.cancel, peer, args["export"])
+        return {"ok": True, "result": None}
+
+    async def op_export_save(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(request, "export_save", export=str)
+        return {"ok": True, "result": await self.run(self.exports.save, peer, args["export"])}
