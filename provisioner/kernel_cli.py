@@ -2,8 +2,10 @@
 
     labnotebook kernel build NAME [FOLDER] [--from IMAGE]  an image from FOLDER, and its kernel
     labnotebook kernel env NAME PATH [--from IMAGE]        an environment in your home as a kernel
-    labnotebook kernel ls                                  your images, versions, published ones
-    labnotebook kernel rm NAME[:vN]                        remove versions (all: and the kernel)
+    labnotebook kernel ls                                  your images, versions, published ones,
+                                                           and which saved notebooks name them
+    labnotebook kernel rm NAME[:vN] [--force]              remove versions (all: and the kernel);
+                                                           --force if saved notebooks name them
     labnotebook kernel logs NAME                           the last build's log
     labnotebook kernel publish MEMBER/NAME:vN [--withdraw] (admins) a lab-wide kernel
 
@@ -130,7 +132,14 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from .record import images_named
+
     rows = _images(args).images()
+    # Saved notebooks (in the home and /home/shared, read as this user) that record an image:
+    # removing it would leave them unreproducible.
+    named = images_named() if rows else {}
+    for row in rows:
+        row["notebooks"] = named.get(row["id"], [])
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -145,6 +154,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
             notes.append("kernelspec uses this")
         if row.get("published"):
             notes.append("published")
+        if row["notebooks"]:
+            notes.append(f"named by {len(row['notebooks'])} saved notebook(s)")
         built = row["built"].replace("T", " ")[:19]
         print(
             f"{row['name']:<24}v{row['version']:<8}{row['owner']:<14}{built:<22}"
@@ -155,7 +166,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    removed = _images(args).remove(args.image)
+    from .record import removal_refusal
+
+    images = _images(args)
+    refusal = None if args.force else removal_refusal(images.images(), args.image, os.getuid())
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 1
+    removed = images.remove(args.image)
     for tag in removed:
         print(f"Removed {tag}")
     name = args.image.rpartition("/")[2].partition(":")[0]
@@ -208,6 +226,9 @@ def add_parser(groups: Any) -> None:
     ls.set_defaults(run=cmd_ls)
     rm = commands.add_parser("rm", help="remove a kernel image (NAME: every version)")
     rm.add_argument("image", help="NAME or NAME:vN")
+    rm.add_argument(
+        "--force", action="store_true", help="remove it even if saved notebooks record it"
+    )
     rm.set_defaults(run=cmd_rm)
     logs = commands.add_parser("logs", help="the last build's log")
     logs.add_argument("name")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,90 @@ def _notebooks(roots: Iterable[str | os.PathLike[str]], max_files: int) -> Itera
                     if seen > max_files:
                         return
                     yield Path(folder) / name
+
+
+# -- which images saved notebooks still name (`labnotebook kernel ls` and `rm`) ----------------
+
+SHARED_ROOT = "/home/shared"
+_FULL_PARSE = 8 << 20
+_TAIL = 1 << 20
+_RECORDED_ID = re.compile(
+    rb'"labnotebook"\s*:\s*\{[^{}]*?"image_id"\s*:\s*"(sha256:[0-9a-f]{64})"', re.S
+)
+
+
+def search_roots(home: str | None = None) -> list[str]:
+    """Where a member's saved notebooks are: their home and the lab's shared folder, read by
+    the member's own process (so only what the member can read counts)."""
+    roots = [os.path.realpath(home or os.path.expanduser("~"))]
+    if os.path.isdir(SHARED_ROOT) and not roots[0].startswith(SHARED_ROOT + "/"):
+        roots.append(SHARED_ROOT)
+    return roots
+
+
+def recorded_image_id(path: str | os.PathLike[str]) -> str | None:
+    """The image ID a saved notebook records. Large notebooks (images in their outputs) are
+    not parsed whole: nbformat writes the metadata after the cells, so their tail holds it."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= _FULL_PARSE:
+                notebook = json.loads(f.read())
+                record = record_of(notebook) if isinstance(notebook, dict) else None
+                return str(record["image_id"]) if record else None
+            f.seek(size - _TAIL)
+            tail = f.read()
+    except (OSError, ValueError, RecursionError):
+        return None
+    found = _RECORDED_ID.findall(tail)
+    return found[-1].decode() if found else None
+
+
+def images_named(
+    roots: Iterable[str | os.PathLike[str]] | None = None, max_files: int = 20_000
+) -> dict[str, list[str]]:
+    """image ID -> the saved notebooks under `roots` (default: search_roots()) naming it."""
+    named: dict[str, list[str]] = {}
+    for path in _notebooks(search_roots() if roots is None else roots, max_files):
+        image_id = recorded_image_id(path)
+        if image_id:
+            named.setdefault(image_id, []).append(str(path))
+    return named
+
+
+def matching_images(rows: list[dict[str, Any]], reference: str, uid: int) -> list[dict[str, Any]]:
+    """The rows of `labnotebook kernel ls --json` that `kernel rm REFERENCE` removes:
+    NAME, NAME:vN, MEMBER/NAME[:vN], a full tag or an image ID, of the member's own."""
+    mine = [r for r in rows if r.get("owner_uid") == uid]
+    if reference.startswith("sha256:"):
+        return [r for r in mine if r["id"] == reference]
+    if "/" in reference and reference.count("/") >= 2:
+        return [r for r in mine if reference in (r.get("tags") or [])]
+    owner, _, rest = reference.rpartition("/")
+    name, _, version = rest.partition(":")
+    return [
+        r
+        for r in mine
+        if r["name"] == name
+        and (not owner or r.get("owner") == owner)
+        and (not version or f"v{r['version']}" == version)
+    ]
+
+
+def removal_refusal(rows: list[dict[str, Any]], reference: str, uid: int) -> str | None:
+    """Why `kernel rm REFERENCE` needs --force (saved notebooks record those images), or None."""
+    targets = {r["id"] for r in matching_images(rows, reference, uid)}
+    if not targets:
+        return None
+    named = images_named()
+    notebooks = sorted(n for image_id in targets for n in named.get(image_id, []))
+    if not notebooks:
+        return None
+    more = f" and {len(notebooks) - 5} more" if len(notebooks) > 5 else ""
+    shown = ", ".join(notebooks[:5]) + more
+    return (
+        f"{reference} is the image that {len(notebooks)} saved notebook(s) record: {shown}. "
+        "Re-running or exporting them needs exactly that image (`labnotebook export` starts "
+        "FROM it). Export or archive them first (`labnotebook export NOTEBOOK --archive`), "
+        "or re-run them on another kernel and save; to remove it anyway, add --force."
+    )
