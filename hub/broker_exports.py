@@ -7,6 +7,7 @@ Like a kernel build, an export is a short conversation on the broker's socket:
     export_data   {export, data, last}            -> {received}        (the packed files)
     export_status {export, since, wait}           -> {lines, next, done, result | error}
     export_cancel {export}
+    export_check  {export}                        -> {next}    (re-run it: status follows)
     export_save   {export}                        -> {data, done}      (`docker save`, in chunks)
 
 What the broker trusts from the member is data, never instructions or paths it opens:
@@ -26,6 +27,10 @@ What the broker trusts from the member is data, never instructions or paths it o
   limits, the lab's time limit), which is then committed with the export's command, user and
   labels. Not the engine's Dockerfile builder: it would run those steps with Docker's default
   capabilities and no process limit on an image the member may have made.
+
+`export_check` runs the new image's own check (re-run the notebook, compare) in a container
+like a kernel's - the image's non-root user, no network, no capabilities, the build's memory,
+process and time limits - so a member who has no engine sees it reproduce before depositing.
 
 The image is a member image like a kernel build's: `labnotebook-user/<member>/<NAME>:v<N>`,
 with the owner labels, under the member's quota, one build or export per member at a time
@@ -168,10 +173,11 @@ class ExportService:
             return details
         if self.images.launchable(peer, image):  # raises for others' unpublished images
             return details
+        # Its names are not told: the image may be anybody's.
         raise PermissionRefused(
-            f"The image {image[:19]}... is not one of this lab's kernel images (by any of its "
-            f"names: {', '.join(tags) or 'none'}), nor one of your own or a published one: "
-            "exports start only from images you may run as kernels."
+            f"The image {image[:19]}... is not one of this lab's kernel images, nor one of "
+            "your own or a published one: exports start only from images you may run as "
+            "kernels."
         )
 
     # -- the conversation ------------------------------------------------------------------------
@@ -380,6 +386,85 @@ class ExportService:
                 self._close_save(job)
         return {"data": base64.b64encode(bytes(buffer)).decode(), "done": done}
 
+    def check(self, peer: Peer, export: str) -> dict[str, Any]:
+        """Start the export's check; its lines and exit code come through `status`."""
+        job = self._job(peer, export)
+        if job.state != "done" or job.result is None:
+            raise KernelConfigError("This export has no image to check (it did not finish).")
+        images = self.images
+        with images._lock:
+            busy = [
+                j
+                for j in images._jobs.values()
+                if j.uid == peer.uid and j.active and j is not job.slot
+            ]
+            if busy:
+                raise PermissionRefused(
+                    f"You have a build or export running ({busy[0].name!r}): one per member "
+                    "at a time. Check when it has finished."
+                )
+            job.state = job.slot.state = "running"
+        job.result.pop("check_exit", None)
+        _, following = job.log.since(0)
+        threading.Thread(
+            target=self._check, args=(job,), name=f"export-check-{job.username}", daemon=True
+        ).start()
+        return {"next": following}
+
+    def _check(self, job: ExportJob) -> None:
+        assert job.result is not None
+        api = self.api
+        limits = self.images.policy.limits(None)
+        reference = f"{job.result['repository']}:{job.result['tag']}"
+        job.log.add(f"==> Checking {reference}: re-running the notebook with no network")
+        container = None
+        try:
+            host_config = api.create_host_config(
+                mem_limit=limits.memory,
+                memswap_limit=limits.memory,
+                nano_cpus=limits.nano_cpus,
+                pids_limit=limits.pids,
+                network_mode="none",
+                security_opt=["no-new-privileges:true"],
+                cap_drop=["ALL"],
+                init=True,
+                log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+            )
+            # The image's own user (the export's, UID 1000) and command: what a reader runs.
+            container = api.create_container(
+                reference,
+                labels={L.ROLE: M.BUILD_ROLE, L.OWNER: job.username, L.OWNER_UID: str(job.uid)},
+                host_config=host_config,
+                detach=True,
+            )["Id"]
+            api.start(container)
+            follower = threading.Thread(target=_follow, args=(api, container, job.log))
+            follower.daemon = True
+            follower.start()
+            code = _wait(api, container, limits, job.cancel)
+            follower.join(10)
+            job.result["check_exit"] = code
+            job.log.add(
+                "==> Reproduced: every required output matches"
+                if code == 0
+                else f"==> Not reproduced (exit code {code}): see the cells above"
+            )
+        except KernelLaunchError as e:
+            job.error = e
+        except docker.errors.APIError as e:
+            job.error = KernelLaunchError(f"The Docker engine refused: {e.explanation or e}")
+        except Exception as e:
+            self.log.exception("Checking the export %s of %s failed", job.name, job.username)
+            job.error = KernelLaunchError(
+                f"The kernel broker failed during the check ({type(e).__name__})."
+            )
+        finally:
+            if container is not None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(container, force=True, v=True)
+            job.state = job.slot.state = "done" if job.error is None else "failed"
+            job.touched = job.slot.touched = time.monotonic()
+
     # -- the build ---------------------------------------------------------------------------
 
     def _run(self, job: ExportJob) -> None:
@@ -504,9 +589,11 @@ class ExportService:
                     content = extracted.read()
                     try:
                         notebook = json.loads(content)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise KernelConfigError(f"{target} is not a notebook (JSON).") from None
                     record = record_of(notebook) if isinstance(notebook, dict) else None
+                    if record is not None:
+                        check_record(record)
                     extracted = io.BytesIO(content)
                 # Folders below the top one belong to the export's user, as the Dockerfile's
                 # COPY --chown makes them (the top one, /home, stays the image's).
@@ -636,6 +723,34 @@ class _Hashing(io.RawIOBase):
         return data
 
 
+_KERNELSPEC = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_LANGUAGE = re.compile(r"[A-Za-z0-9+#._ -]{1,32}\Z")
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """The record's fields that reach the image (labels, the kernelspec the runner installs):
+    the member's data, so bounded and plain. Shell-quoted where used, checked anyway."""
+    problems = []
+    if not isinstance(record.get("image") or "", str) or len(str(record.get("image"))) > 512:
+        problems.append("image")
+    if record.get("kernelspec") and not _KERNELSPEC.match(str(record["kernelspec"])):
+        problems.append("kernelspec")
+    if record.get("language") and not _LANGUAGE.match(str(record["language"])):
+        problems.append("language")
+    argv = record.get("kernel_argv")
+    if argv is not None and not (
+        isinstance(argv, list)
+        and 0 < len(argv) <= 32
+        and all(isinstance(a, str) and 0 < len(a) <= 4096 and "\0" not in a for a in argv)
+    ):
+        problems.append("kernel_argv")
+    if problems:
+        raise KernelConfigError(
+            f"The notebook's record (metadata.labnotebook) has unusable {', '.join(problems)}: "
+            "re-run the notebook on a lab kernel and save it, which writes a new record."
+        )
+
+
 def member_home(uid: int) -> str:
     """The member's home from the user database (not $HOME, which the member sets)."""
     try:
@@ -708,6 +823,10 @@ class ExportOperations:
         args = self._export_arguments(request, "export_cancel", export=str)
         await self.run(self.exports.cancel, peer, args["export"])
         return {"ok": True, "result": None}
+
+    async def op_export_check(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = self._export_arguments(request, "export_check", export=str)
+        return {"ok": True, "result": await self.run(self.exports.check, peer, args["export"])}
 
     async def op_export_save(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = self._export_arguments(request, "export_save", export=str)

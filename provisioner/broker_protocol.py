@@ -50,7 +50,8 @@ OPS = (
     "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap",
     "build", "build_data", "build_status", "build_cancel", "build_log",
     "images", "image_remove", "image_publish",
-    "export_base", "export", "export_data", "export_status", "export_cancel", "export_save",
+    "export_base", "export", "export_data", "export_status", "export_cancel", "export_check",
+    "export_save",
 )  # fmt: skip
 
 # What a caller the broker cannot see by PID may ask for (a process in another PID namespace,
@@ -61,7 +62,8 @@ UNSEEN_PEER_OPS = frozenset(
     {
         "hello", "build", "build_data", "build_status", "build_cancel", "build_log",
         "images", "image_remove", "image_publish",
-        "export_base", "export", "export_data", "export_status", "export_cancel", "export_save",
+        "export_base", "export", "export_data", "export_status", "export_cancel",
+        "export_check", "export_save",
     }
 )  # fmt: skip
 

@@ -412,6 +412,8 @@ class Builder(Protocol):
         """Build and tag; the image ID. On failure nothing is tagged; raise with the output."""
         ...
 
+    def check(self, ref: str, say: Callable[[str], None]) -> int: ...
+
     def save(self, ref: str, out: IO[bytes]) -> None: ...
 
     def remove(self, ref: str) -> None: ...
@@ -494,6 +496,20 @@ class EngineBuilder:
                 image_id = chunk["aux"].get("ID", image_id)
         return image_id or api.inspect_image(tag)["Id"]
 
+    def check(self, ref: str, say: Callable[[str], None]) -> int:
+        """`docker run --rm --network none IMAGE`: the image's own check; its exit code."""
+        api = self.engine.api
+        container = api.create_container(
+            ref, host_config=api.create_host_config(network_mode="none"), detach=True
+        )["Id"]
+        try:
+            api.start(container)
+            for line in api.logs(container, stream=True, follow=True):
+                say("  " + line.decode(errors="replace").rstrip("\n"))
+            return int(api.wait(container).get("StatusCode", 1))
+        finally:
+            self.engine.remove(container)
+
     def save(self, ref: str, out: IO[bytes]) -> None:
         for chunk in self.engine.call(self.engine.api.get_image, ref):
             out.write(chunk)
@@ -570,10 +586,15 @@ class BrokerBuilder:
                 self.client.call("export_cancel", export=self.export_id)
                 raise
 
-    def _follow(self, say: Callable[[str], None]) -> dict[str, Any]:
+    def check(self, ref: str, say: Callable[[str], None]) -> int:
+        """The image's own check, run by the broker with no network; its exit code."""
+        started = self.client.call("export_check", export=self.export_id)
+        result = self._follow(say, int(started["next"]))
+        return int(result.get("check_exit", 1))
+
+    def _follow(self, say: Callable[[str], None], since: int = 0) -> dict[str, Any]:
         from .broker_protocol import error_from_response
 
-        since = 0
         while True:
             status = self.client.call("export_status", export=self.export_id, since=since, wait=5.0)
             for line in status["lines"]:
@@ -664,6 +685,7 @@ def export(
     output: str | None = None,
     wheelhouse: str | None = None,
     compress_level: int = 6,
+    check: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     remote = isinstance(builder, BrokerBuilder)
@@ -714,6 +736,15 @@ def export(
     say(
         f"  docker run --rm -p 127.0.0.1:8888:8888 {plan.name} serve   # JupyterLab (token in the log)"
     )
+    if check:
+        say(f"Checking {plan.name}: re-running the notebook with no network")
+        code = builder.check(plan.name, say)
+        result["reproduced"] = code == 0
+        say(
+            "Reproduced: every required output matches."
+            if code == 0
+            else f"NOT reproduced (exit code {code}): the cells above differ."
+        )
     if archive:
         archive_dir.mkdir(parents=True, exist_ok=True)
         base = plan.name.replace("/", "-").replace(":", "-")
@@ -813,10 +844,11 @@ def main(args: Any) -> int:
         output=args.output,
         wheelhouse=args.wheelhouse,
         compress_level=args.compress_level,
+        check=args.check,
     )
     if args.json:
         print(json.dumps(result, indent=1))
-    return 0
+    return 0 if result.get("reproduced", True) else 3
 
 
 def add_parser(groups: Any) -> None:
@@ -837,6 +869,11 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--name", help="image name[:tag] (default: NOTEBOOK-export:latest)")
     p.add_argument(
         "--archive", action="store_true", help="also write `docker save | gzip` and REPRODUCING.md"
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="run the export's check right away (no network; exit 3 if not reproduced)",
     )
     p.add_argument("--output", help="folder for --archive (default: NAME-export)")
     p.add_argument("--compress-level", type=int, default=6, choices=range(1, 10), metavar="1-9")

@@ -36,11 +36,18 @@ from labnotebook.provisioner.record import RECORD_KEY
 
 from .broker_fixtures import Account, BrokerProcess, UserAgent, create_account, delete_account
 from .conftest import KERNEL_IMAGE, SESSION, SESSION_LABEL, TEST_NETWORK
-from .notebook_server import DATA, jupyter_server, make_workspace, run_and_save, write_kernelspec
+from .notebook_server import (
+    ALTERED_DATA,
+    DATA,
+    jupyter_server,
+    make_workspace,
+    run_and_save,
+    write_kernelspec,
+)
 from .test_broker_engine import needs_root
 from .test_kernel_builds import _remove_member_images
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]  # builds on a shared engine
 NOTEBOOK = "paper/analysis.ipynb"
 
 
@@ -174,6 +181,7 @@ def exported(xlab: ExportLab) -> dict[str, Any]:
         "deposit",
         "--compress-level",
         "1",
+        "--check",
         "--json",
     )
     assert result["code"] == 0, result
@@ -191,6 +199,8 @@ def test_the_export_lands_in_the_members_namespace_from_the_recorded_image(
     alice = xlab.accounts["alice"]
     result = exported["result"]
     assert result["image"] == f"{M.USER_NAMESPACE}/{alice.name}/figure3:v1"
+    # --check: the broker re-ran it with no network, and the member saw it reproduce.
+    assert result["reproduced"] is True and "Reproduced: every required" in exported["out"]
     assert result["base_image_id"] == xlab.record["image_id"]
     print(f"export through the broker: {exported['seconds']:.0f} s (archive included)")
     details = xlab.client.api.inspect_image(result["image"])
@@ -250,6 +260,19 @@ def test_the_archive_is_written_by_the_member(xlab: ExportLab, exported: dict[st
                 assert extracted is not None
                 manifest = json.loads(extracted.read())
     assert manifest and manifest[0]["RepoTags"] == [exported["result"]["image"]]
+
+
+def test_altered_data_is_reported_by_the_check(xlab: ExportLab, exported: dict[str, Any]) -> None:
+    """The same notebook with its data file altered: the check names the cells that differ,
+    and the command exits 3."""
+    xlab.put("alice", "altered/analysis.ipynb", (xlab.home() / NOTEBOOK).read_text())
+    xlab.put("alice", "altered/data/measurements.csv", ALTERED_DATA)
+    result = xlab.export(
+        "altered/analysis.ipynb", "--data", "altered/data", "--name", "altered", "--check"
+    )
+    assert result["code"] == 3, result
+    assert "NOT reproduced" in result["out"]
+    assert "differs" in result["out"]
 
 
 def _refused(xlab: ExportLab, *argv: str) -> str:
@@ -374,3 +397,34 @@ def test_one_build_or_export_per_member_at_a_time(
         xlab.request("export_cancel", who="bob", export=other["export"])
     finally:
         xlab.request("export_cancel", export=begun["export"])
+
+
+def test_kernel_ls_marks_images_saved_notebooks_name_and_rm_needs_force(
+    xlab: ExportLab, exported: dict[str, Any]
+) -> None:
+    """An image a saved notebook records (here the export, run and saved as a notebook would
+    be) is marked by `kernel ls`; removing it names the notebook and needs --force."""
+    image_id = xlab.client.api.inspect_image(exported["result"]["image"])["Id"]
+    nb = json.loads((xlab.home() / NOTEBOOK).read_text())
+    nb["metadata"][RECORD_KEY]["image_id"] = image_id
+    saved = xlab.put("alice", "later/rerun.ipynb", json.dumps(nb))
+    sock = xlab.broker.socket
+    listed = xlab.agents["alice"].call("cli", argv=["kernel", "--broker-socket", sock, "ls"])
+    line = next(x for x in listed["out"].splitlines() if x.startswith("figure3"))
+    assert "named by 1 saved notebook(s)" in line, listed
+    as_json = xlab.agents["alice"].call(
+        "cli", argv=["kernel", "--broker-socket", sock, "ls", "--json"]
+    )
+    rows = json.loads(as_json["out"])
+    assert next(r for r in rows if r["id"] == image_id)["notebooks"] == [str(saved)]
+    refused = xlab.agents["alice"].call(
+        "cli", argv=["kernel", "--broker-socket", sock, "rm", "figure3:v1"]
+    )
+    assert refused["code"] == 1 and str(saved) in refused["err"] and "--force" in refused["err"]
+    xlab.client.api.inspect_image(image_id)  # still there
+    forced = xlab.agents["alice"].call(
+        "cli", argv=["kernel", "--broker-socket", sock, "rm", "figure3:v1", "--force"]
+    )
+    assert forced["code"] == 0, forced
+    with pytest.raises(docker.errors.ImageNotFound):
+        xlab.client.api.inspect_image(image_id)
