@@ -219,8 +219,14 @@ class HubUser:
             result = Execution()
             deadline = time.monotonic() + timeout
             replied = idle = False
+            # Short reads: the server's websocket pings would otherwise keep one long read
+            # waiting forever on a kernel that died and never replies.
+            ws.settimeout(1)
             while not (replied and idle) and time.monotonic() < deadline:
-                message = json.loads(ws.recv())
+                try:
+                    message = json.loads(ws.recv())
+                except websocket.WebSocketTimeoutException:
+                    continue
                 if message.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
                 result.messages.append(message)
@@ -260,8 +266,12 @@ class HubUser:
         try:
             ws.send(json.dumps(["stdin", command + "\r"]))
             deadline = time.monotonic() + timeout
+            ws.settimeout(1)
             while until not in screen and time.monotonic() < deadline:
-                message = json.loads(ws.recv())
+                try:
+                    message = json.loads(ws.recv())
+                except websocket.WebSocketTimeoutException:
+                    continue
                 if message[0] == "stdout":
                     screen += message[1]
             assert until in screen, f"{until!r} never appeared in the terminal:\n{screen[-2000:]}"
