@@ -730,6 +730,8 @@ def export(
         "files": [{"path": i.target, "size": i.size} for i in plan.items],
     }
     say(f"Built {plan.name} ({image_id[:19]}), {human(added)} over its base image.")
+    if remote and not check:
+        say("  --check runs its check here in the lab; with Docker (after --archive, docker load):")
     say(
         f"  docker run --rm --network none {plan.name}          # re-run and compare, exit 0 if reproduced"
     )
