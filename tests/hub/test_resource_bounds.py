@@ -100,13 +100,23 @@ def _still_works(lab: Lab, member: HubUser, kernel: str) -> None:
     assert check.stdout.strip() == "ok", check.stdout
 
 
+def _a_kernel_of(member: HubUser) -> Iterator[str]:
+    member.login()
+    member.start_server()
+    kernel = member.start_kernel()
+    yield kernel
+    member.shutdown_kernel(kernel)
+
+
 @pytest.fixture
 def bobs_kernel(bob: HubUser) -> Iterator[str]:
-    bob.login()
-    bob.start_server()
-    kernel = bob.start_kernel()
-    yield kernel
-    bob.shutdown_kernel(kernel)
+    """Another member's kernel, running while alice misbehaves."""
+    yield from _a_kernel_of(bob)
+
+
+@pytest.fixture
+def alices_kernel(alice: HubUser) -> Iterator[str]:
+    yield from _a_kernel_of(alice)
 
 
 def _execute_until_killed(member: HubUser, kernel: str, code: str, then: str) -> Execution:
@@ -138,29 +148,24 @@ def _answers_again(member: HubUser, kernel: str, code: str, expected: str) -> bo
 
 
 def test_a_kernel_past_its_memory_limit_is_stopped_and_the_notebook_says_why(
-    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+    lab: Lab, alice: HubUser, alices_kernel: str, bob: HubUser, bobs_kernel: str
 ) -> None:
-    alice.login()
-    alice.start_server()
-    kernel = alice.start_kernel()
-    try:
-        container = _kernel_container(kernel)
-        limit = _inspect(container)["HostConfig"]["Memory"]
-        # Grows 64 MiB at a time, touching every page, until the limit stops it.
-        grow = "chunks = []\nwhile True:\n    chunks.append(b'x' * (64 << 20))"
-        told = _execute_until_killed(alice, kernel, grow, then="print('after')")
-        # Jupyter restarted it in a new container; the server's log says why the old one ended.
-        log = run("docker", "logs", lab.name).stderr
-        assert f"{container[:12]}" not in _kernel_container(kernel)
-        assert "exited unexpectedly with code 137 (out of memory)" in log
-        assert "stopped because it used all of its memory limit" in told.stderr, told.stderr
-        assert f"{limit / (1 << 30):.3g} GiB" in told.stderr
-        assert told.stdout.strip() == "after"
-        # Told once: the next cell is quiet.
-        assert "labnotebook" not in alice.execute(kernel, "print(1)").stderr
-        _still_works(lab, bob, bobs_kernel)
-    finally:
-        alice.shutdown_kernel(kernel)
+    kernel = alices_kernel
+    container = _kernel_container(kernel)
+    limit = _inspect(container)["HostConfig"]["Memory"]
+    # Grows 64 MiB at a time, touching every page, until the limit stops it.
+    grow = "chunks = []\nwhile True:\n    chunks.append(b'x' * (64 << 20))"
+    told = _execute_until_killed(alice, kernel, grow, then="print('after')")
+    # Jupyter restarted it in a new container; the server's log says why the old one ended.
+    log = run("docker", "logs", lab.name).stderr
+    assert _kernel_container(kernel) not in ("", container)
+    assert "exited unexpectedly with code 137 (out of memory)" in log
+    assert "stopped because it used all of its memory limit" in told.stderr, told.stderr
+    assert f"{limit / (1 << 30):.3g} GiB" in told.stderr
+    assert told.stdout.strip() == "after"
+    # Told once: the next cell is quiet.
+    assert "labnotebook" not in alice.execute(kernel, "print(1)").stderr
+    _still_works(lab, bob, bobs_kernel)
 
 
 BOMB = "b() { if [ $1 -gt 0 ]; then b $(($1-1)) & b $(($1-1)) & fi; sleep 15; }; b {depth}"
@@ -168,25 +173,21 @@ BOMB = "b() { if [ $1 -gt 0 ]; then b $(($1-1)) & b $(($1-1)) & fi; sleep 15; };
 
 
 def test_a_fork_bomb_in_a_kernel_is_contained(
-    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+    lab: Lab, alice: HubUser, alices_kernel: str, bob: HubUser, bobs_kernel: str
 ) -> None:
-    alice.start_server()
-    kernel = alice.start_kernel()
-    try:
-        container = _kernel_container(kernel)
-        limit = _inspect(container)["HostConfig"]["PidsLimit"]
-        bomb = BOMB.replace("{depth}", "13")  # 8192 processes wanted
-        alice.execute(kernel, f"import subprocess\np = subprocess.Popen(['bash', '-c', {bomb!r}])")
-        time.sleep(5)
-        pids = int(run("docker", "top", container, "-eo", "pid").stdout.count("\n")) - 1
-        print(f"fork bomb in a kernel: {pids} processes (limit {limit})")
-        assert pids <= limit
-        _still_works(lab, bob, bobs_kernel)
-        # The bomb ends by itself, and the member's own kernel is still there after it (while
-        # it lasts, the kernel itself may be unable to start a thread).
-        assert _answers_again(alice, kernel, "p.wait(); print('over')", "over\n")
-    finally:
-        alice.shutdown_kernel(kernel)
+    kernel = alices_kernel
+    container = _kernel_container(kernel)
+    limit = _inspect(container)["HostConfig"]["PidsLimit"]
+    bomb = BOMB.replace("{depth}", "13")  # 8192 processes wanted
+    alice.execute(kernel, f"import subprocess\np = subprocess.Popen(['bash', '-c', {bomb!r}])")
+    time.sleep(5)
+    pids = int(run("docker", "top", container, "-eo", "pid").stdout.count("\n")) - 1
+    print(f"fork bomb in a kernel: {pids} processes (limit {limit})")
+    assert pids <= limit
+    _still_works(lab, bob, bobs_kernel)
+    # The bomb ends by itself, and the member's own kernel is still there after it (while
+    # it lasts, the kernel itself may be unable to start a thread).
+    assert _answers_again(alice, kernel, "p.wait(); print('over')", "over\n")
 
 
 def test_a_fork_bomb_in_a_members_terminal_is_contained(
@@ -210,31 +211,27 @@ def test_a_fork_bomb_in_a_members_terminal_is_contained(
 
 
 def test_a_kernel_printing_without_end_fills_no_disk(
-    lab: Lab, alice: HubUser, bob: HubUser, bobs_kernel: str
+    lab: Lab, alice: HubUser, alices_kernel: str, bob: HubUser, bobs_kernel: str
 ) -> None:
-    alice.start_server()
-    kernel = alice.start_kernel()
-    try:
-        container = _kernel_container(kernel)
-        # 300 MB straight to the container's output (the engine's log), and a print loop
-        # through the notebook's channel for 10 s.
-        alice.execute(
-            kernel, "import os; os.system('yes labnotebook | head -c 300000000')", timeout=180
-        )
-        printed = alice.execute(
-            kernel,
-            "import time\nend = time.time() + 10\nwhile time.time() < end:\n    print('y' * 1000)",
-            timeout=120,
-        )
-        log_path = _inspect(container)["LogPath"]
-        logged = sum(os.path.getsize(p) for p in glob.glob(log_path + "*"))
-        print(f"a kernel printing without end: {logged / 1e6:.1f} MB of logs kept")
-        assert logged <= 2 * 10 * 1024 * 1024 + 1024 * 1024  # max-size 10m, 2 files
-        # The member's server kept up (Jupyter's output rate limit steps in), others too.
-        assert "rate exceeded" in (printed.stdout + printed.stderr) or len(printed.stdout) > 0
-        _still_works(lab, bob, bobs_kernel)
-    finally:
-        alice.shutdown_kernel(kernel)
+    kernel = alices_kernel
+    container = _kernel_container(kernel)
+    # 300 MB straight to the container's output (the engine's log), and a print loop
+    # through the notebook's channel for 10 s.
+    alice.execute(
+        kernel, "import os; os.system('yes labnotebook | head -c 300000000')", timeout=180
+    )
+    printed = alice.execute(
+        kernel,
+        "import time\nend = time.time() + 10\nwhile time.time() < end:\n    print('y' * 1000)",
+        timeout=120,
+    )
+    log_path = _inspect(container)["LogPath"]
+    logged = sum(os.path.getsize(p) for p in glob.glob(log_path + "*"))
+    print(f"a kernel printing without end: {logged / 1e6:.1f} MB of logs kept")
+    assert logged <= 2 * 10 * 1024 * 1024 + 1024 * 1024  # max-size 10m, 2 files
+    # The member's server kept up (Jupyter's output rate limit steps in), others too.
+    assert "rate exceeded" in (printed.stdout + printed.stderr) or len(printed.stdout) > 0
+    _still_works(lab, bob, bobs_kernel)
 
 
 # -- outsiders ----------------------------------------------------------------------------------
