@@ -423,7 +423,8 @@ SCENARIOS = {
 def _preload() -> None:
     """Import (and warm up) everything the scenarios touch, while /root is still readable."""
     import asyncio  # noqa: F401
-    import concurrent.futures  # noqa: F401
+    import concurrent.futures
+    import concurrent.futures.thread  # noqa: F401 - a lazy submodule
     import grp  # noqa: F401
     import string  # noqa: F401
 
@@ -433,7 +434,8 @@ def _preload() -> None:
     import jupyter_client.ioloop
     import jupyter_client.manager
     import jupyter_client.provisioning.local_provisioner  # noqa: F401
-    import labnotebook.provisioner.broker_client  # noqa: F401
+    import labnotebook.provisioner.broker_client
+    import labnotebook.provisioner.provisioner  # noqa: F401 - the package imports it lazily
     import zmq.asyncio  # noqa: F401
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.provisioning.factory import KernelProvisionerFactory
