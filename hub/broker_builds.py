@@ -9,18 +9,16 @@ like every other operation:
     build_cancel {build}
 
 The context is packed by the member's own process (provisioner/build_context.py) and spooled
-here into an unlinked temporary file, refused past the lab's size limit. The build runs in a
+into an unlinked temporary file, refused past the lab's size limit. The build runs in a
 thread of its own (provisioner/builds.py) under the admin's `BuildPolicy`; `build_status`
-long-polls its log, so the member sees each line as it comes. Who asks is always the peer's
+long-polls its log, so the member sees each line as it comes. (That life - upload, thread,
+status, cancel - is every job's: hub/broker_jobs.py.) Who asks is always the peer's
 kernel-verified UID; images are tagged only in that member's namespace, with labels the
 member cannot set, and removed only there.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import contextlib
 import datetime
 import fnmatch
@@ -29,17 +27,15 @@ import hashlib
 import os
 import tarfile
 import tempfile
-import threading
-import time
-import uuid
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import docker.errors
 from labnotebook.provisioner import member_images as M
 from labnotebook.provisioner.build_context import Conventions, too_large
 from labnotebook.provisioner.builds import (
     BuildFailed,
+    BuildLimits,
     BuildLog,
     build_conventions,
     build_dockerfile,
@@ -47,54 +43,59 @@ from labnotebook.provisioner.builds import (
     human,
     quota_message,
 )
-from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
+from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 
+from .broker_jobs import CHUNK, Job, JobService
 from .broker_policy import LaunchPolicy, Peer
 from .build_policy import BuildPolicy
 
-CHUNK = 512 << 10
-"""Context bytes per build_data request: base64 of it stays well under a request line."""
-STALLED_UPLOAD = 120.0
-"""Seconds after which an upload nobody continues no longer holds the member's build slot."""
-KEEP_FINISHED = 600.0
-MAX_STATUS_LINES = 500
+
+@dataclass(kw_only=True)
+class BuildJob(Job):
+    base: dict[str, Any]
+    """The inspected image the build starts from (the member may launch it)."""
+    digest: Any = field(default_factory=hashlib.sha256)
+    """Of the context as it arrives: an unchanged folder on the same base is not rebuilt."""
+
+    def write(self, chunk: bytes) -> None:
+        super().write(chunk)
+        self.digest.update(chunk)
 
 
 @dataclass
-class BuildJob:
-    id: str
-    uid: int
-    username: str
-    name: str
-    base: dict[str, Any]
-    size: int
-    file: IO[bytes]
-    log: BuildLog
-    received: int = 0
-    state: str = "upload"  # upload, running, done, failed
-    touched: float = field(default_factory=time.monotonic)
-    result: dict[str, Any] | None = None
-    error: KernelLaunchError | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    digest: Any = field(default_factory=hashlib.sha256)
+class NewVersion:
+    """Where a job's image goes: the member's next version of its name."""
+
+    images: list[M.MemberImage]
+    """The member's images before it."""
+    room: int | None
+    """Bytes the member's quota leaves (None: no quota)."""
+    number: int
+    repository: str
 
     @property
-    def active(self) -> bool:
-        if self.state == "upload":
-            return time.monotonic() - self.touched < STALLED_UPLOAD
-        return self.state == "running"
+    def tag(self) -> str:
+        return f"v{self.number}"
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
 
 
-class ImageService:
+class ImageService(JobService[BuildJob]):
     """Members' images through the broker: builds, listing, removal, publishing, launch rights."""
 
+    kind = "build"
+    complete = "This build has all its context already."
+    cut_short = "The build context ended after {received} of {size} bytes."
+    sent = "you sent"
+    quick_polls = 0.5  # an unchanged context ends at once: no wait for that answer
+
     def __init__(self, engine: Any, launch: LaunchPolicy, policy: BuildPolicy, log: Any) -> None:
+        super().__init__(log)
         self.engine = engine
         self.launch = launch
         self.policy = policy
-        self.log = log
-        self._jobs: dict[str, BuildJob] = {}
-        self._lock = threading.Lock()
 
     @property
     def api(self) -> Any:
@@ -155,35 +156,21 @@ class ImageService:
             raise PermissionRefused("Root builds with `docker build`, not through the broker.")
         M.check_name(name)
         if size < 0 or size > self.policy.context_bytes:
-            raise PermissionRefused(too_large("you sent", self.policy.context_bytes))
+            raise PermissionRefused(too_large(self.sent, self.policy.context_bytes))
         base_details = self.base_for(peer, base or self.policy.default_base)
-        quota = self.policy.quota_bytes
-        if quota is not None:
-            used = M.used_bytes(M.member_images(self.api, peer.uid))
-            if used >= quota:
-                raise PermissionRefused(
-                    f"Your images already use {human(used)} of your {human(quota)} quota. "
-                    "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
-                    "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
-                )
+        self.check_quota(peer.uid)
         with self._lock:
             self._forget_finished()
-            mine = [j for j in self._jobs.values() if j.uid == peer.uid and j.active]
-            if mine:
-                raise PermissionRefused(
-                    f"You already have a kernel build running ({mine[0].name!r}): one build per "
-                    "member at a time. Wait for it to finish, or stop it (Ctrl-C where it runs)."
-                )
-            running = [j for j in self._jobs.values() if j.active]
-            if len(running) >= self.policy.max_builds:
-                raise PermissionRefused(
-                    f"The lab is running {len(running)} kernel builds already, the most at once "
-                    "(BuildPolicy.max_builds). Try again in a few minutes."
-                )
+            self.check_slots(
+                peer.uid,
+                busy="You already have a kernel build running ({name!r}): one build per member "
+                "at a time. Wait for it to finish, or stop it (Ctrl-C where it runs).",
+                full="The lab is running {count} kernel builds already, the most at once "
+                "(BuildPolicy.max_builds). Try again in a few minutes.",
+            )
             for stale in [j for j in self._jobs.values() if j.uid == peer.uid]:
                 self._drop(stale)
             job = BuildJob(
-                id=uuid.uuid4().hex,
                 uid=peer.uid,
                 username=identity.username,
                 name=name,
@@ -195,118 +182,36 @@ class ImageService:
             self._jobs[job.id] = job
         return {"build": job.id, "chunk": CHUNK}
 
-    def _drop(self, job: BuildJob) -> None:
-        job.cancel.set()
-        if job.state != "running":
-            job.file.close()
-            self._jobs.pop(job.id, None)
-
-    def _forget_finished(self) -> None:
-        now = time.monotonic()
-        for job in list(self._jobs.values()):
-            if job.state in ("done", "failed") and now - job.touched > KEEP_FINISHED:
-                self._jobs.pop(job.id, None)
-            elif job.state == "upload" and not job.active:
-                self._drop(job)
-
-    def _job(self, peer: Peer, build: str) -> BuildJob:
-        with self._lock:
-            job = self._jobs.get(build)
-        if job is None or job.uid != peer.uid:
-            raise KernelConfigError(
-                "No such build of yours (it finished long ago, or was abandoned)."
-            )
-        job.touched = time.monotonic()
-        return job
-
-    def data(self, peer: Peer, build: str, data: str, last: bool) -> dict[str, Any]:
-        job = self._job(peer, build)
-        if job.state != "upload":
-            raise KernelConfigError("This build has all its context already.")
-        try:
-            chunk = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise KernelConfigError("build_data: 'data' must be base64.") from None
-        job.received += len(chunk)
-        if job.received > job.size or job.received > self.policy.context_bytes:
-            with self._lock:
-                self._drop(job)
-            raise PermissionRefused(too_large("you sent", self.policy.context_bytes))
-        job.file.write(chunk)
-        job.digest.update(chunk)
-        if last:
-            if job.received != job.size:
-                with self._lock:
-                    self._drop(job)
-                raise KernelConfigError(
-                    f"The build context ended after {job.received} of {job.size} bytes."
+    def check_quota(self, uid: int) -> None:
+        """Refuse a new image (a build's or an export's) to a member whose images fill their
+        quota already; the finished image is checked against what is left."""
+        quota = self.policy.quota_bytes
+        if quota is not None:
+            used = M.used_bytes(M.member_images(self.api, uid))
+            if used >= quota:
+                raise PermissionRefused(
+                    f"Your images already use {human(used)} of your {human(quota)} quota. "
+                    "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
+                    "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
                 )
-            job.state = "running"
-            threading.Thread(
-                target=self._run, args=(job,), name=f"build-{job.username}", daemon=True
-            ).start()
-        return {"received": job.received}
 
-    async def status(self, peer: Peer, build: str, since: int, wait: float) -> dict[str, Any]:
-        job = self._job(peer, build)
-        called = time.monotonic()
-        deadline = called + max(0.0, min(wait, 10.0))
-        while True:
-            lines, following = job.log.since(since)
-            finished = job.state in ("done", "failed")
-            now = time.monotonic()
-            # New lines go out in batches of about a second: prompt, and not a request per line.
-            if finished or now >= deadline or (lines and now - called >= min(wait, 1.0)):
-                break
-            await asyncio.sleep(0.02 if now - called < 0.5 else 0.1)  # quick builds: no wait
-        lines = lines[:MAX_STATUS_LINES]
-        answer: dict[str, Any] = {
-            "lines": lines,
-            "next": since + len(lines) if len(lines) == MAX_STATUS_LINES else following,
-            "done": finished and len(lines) < MAX_STATUS_LINES,
-        }
-        if answer["done"]:
-            answer["result"] = job.result
-            if job.error is not None:
-                answer["error"] = type(job.error).__name__
-                answer["message"] = str(job.error)
-        return answer
+    def check_slots(self, uid: int, *, busy: str, full: str) -> None:
+        """Under self._lock: refuse a new build or export while the member has one going, or
+        the lab runs BuildPolicy.max_builds (exports count by a placeholder job here). `busy`
+        names the member's job ({name!r}); `full` counts the lab's ({count})."""
+        mine = [j for j in self._jobs.values() if j.uid == uid and j.active]
+        if mine:
+            raise PermissionRefused(busy.format(name=mine[0].name))
+        running = [j for j in self._jobs.values() if j.active]
+        if len(running) >= self.policy.max_builds:
+            raise PermissionRefused(full.format(count=len(running)))
 
-    def cancel(self, peer: Peer, build: str) -> None:
-        job = self._job(peer, build)
-        with self._lock:
-            self._drop(job)
+    @property
+    def upload_limit(self) -> int:
+        return self.policy.context_bytes
 
-    def _run(self, job: BuildJob) -> None:
-        started = time.monotonic()
-        try:
-            job.result = self._build(job)
-            job.state = "done"
-            job.log.add(f"==> Built {job.result['repository']}:{job.result['tag']}")
-        except KernelLaunchError as e:
-            job.error, job.state = e, "failed"
-        except docker.errors.APIError as e:
-            job.error = BuildFailed(f"The Docker engine refused: {e.explanation or e}")
-            job.state = "failed"
-        except Exception as e:
-            self.log.exception("Build %s of %s failed", job.name, job.username)
-            job.error = KernelLaunchError(
-                f"The kernel broker failed during the build ({type(e).__name__}); the lab's "
-                "admin will find details in the broker's log."
-            )
-            job.state = "failed"
-        finally:
-            job.file.close()
-            job.touched = time.monotonic()
-            self._save_log(job)
-            self.log.info(
-                "%s(%d) build %s: %s in %.0f s",
-                job.username,
-                job.uid,
-                job.name,
-                "ok" if job.state == "done" else type(job.error).__name__,
-                time.monotonic() - started,
-            )
+    def _ended(self, job: BuildJob) -> None:
+        self._save_log(job)
 
     def _build(self, job: BuildJob) -> dict[str, Any]:
         peer = Peer(0, job.uid, 0)
@@ -321,32 +226,19 @@ class ImageService:
                 extracted = tar.extractfile(member)
                 dockerfile = extracted.read().decode(errors="replace") if extracted else ""
         job.file.seek(0)
-        images = M.member_images(self.api, job.uid)
-        quota = self.policy.quota_bytes
-        used = M.used_bytes(images)
-        room = None if quota is None else quota - used
-        version = M.next_version(images, job.name)
-        repository = M.repository(job.username, job.uid, job.name)
-        tag = f"v{version}"
-        existing = M.inspect(self.api, f"{repository}:{tag}")
-        if existing is not None:
-            # Only the broker tags here; a clash means a namespace shared by accident.
-            raise PermissionRefused(
-                f"{repository}:{tag} already exists and is not a new version of yours; "
-                "nothing was built. Ask the lab's admin to look at it."
-            )
+        new = self.new_version(job)
         base = job.base
         digest = "sha256:" + job.digest.hexdigest()
         if not conventions.dockerfile:
             # The same folder on the same base makes the same image: the version that has it.
             same = [
-                i for i in images if i.name == job.name and i.context_digest == digest
+                i for i in new.images if i.name == job.name and i.context_digest == digest
                 and i.base == base["Id"]
             ]  # fmt: skip
             if same:
                 job.log.add(f"==> Unchanged since v{same[-1].version}: using that version")
                 return self._result(same[-1], base)
-        limits = self.policy.limits(room)
+        limits = self.policy.limits(new.room)
         if conventions.dockerfile:
             if not self.policy.allow_dockerfile:
                 raise PermissionRefused(
@@ -361,38 +253,69 @@ class ImageService:
                 details = self.base_for(peer, reference)
                 if reference == final:
                     base = details
-        labels = M.image_labels(
+        labels = self.labels(job, new, digest, base)
+        job.log.add(
+            f"==> Building {new.reference} from {conventions.describe()} on "
+            f"{(base.get('RepoTags') or [base['Id']])[0]}"
+        )
+        if conventions.dockerfile:
+            image_id = build_dockerfile(
+                self.api, context=job.file, labels=labels, repository=new.repository,
+                tag=new.tag, limits=limits, log=job.log, cancel=job.cancel,
+            )  # fmt: skip
+        else:
+            image_id = build_conventions(
+                self.api, base=base, context=job.file, conventions=conventions, labels=labels,
+                repository=new.repository, tag=new.tag, limits=limits, log=job.log,
+                cancel=job.cancel,
+            )  # fmt: skip
+        return self._result(self.keep(job, new, image_id, limits), base)
+
+    # -- a new version of a member's image (a build's or an export's) ----------------------------
+
+    def new_version(self, job: Job) -> NewVersion:
+        """The next version of the job's image, refused if its tag exists already."""
+        images = M.member_images(self.api, job.uid)
+        quota = self.policy.quota_bytes
+        new = NewVersion(
+            images=images,
+            room=None if quota is None else quota - M.used_bytes(images),
+            number=M.next_version(images, job.name),
+            repository=M.repository(job.username, job.uid, job.name),
+        )
+        if M.inspect(self.api, new.reference) is not None:
+            # Only the broker tags here; a clash means a namespace shared by accident.
+            raise PermissionRefused(
+                f"{new.reference} already exists and is not a new version of yours; "
+                "nothing was built. Ask the lab's admin to look at it."
+            )
+        return new
+
+    @staticmethod
+    def labels(job: Job, new: NewVersion, digest: str, base: dict[str, Any]) -> dict[str, str]:
+        """The owner labels of the new version: the broker's, never the member's."""
+        return M.image_labels(
             owner=job.username,
             owner_uid=job.uid,
             name=job.name,
-            version=version,
+            version=new.number,
             built=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             context_digest=digest,
             base_id=base["Id"],
             base_size=int(base.get("Size") or 0),
         )
-        job.log.add(
-            f"==> Building {repository}:{tag} from {conventions.describe()} on "
-            f"{(base.get('RepoTags') or [base['Id']])[0]}"
-        )
-        if conventions.dockerfile:
-            image_id = build_dockerfile(
-                self.api, context=job.file, labels=labels, repository=repository, tag=tag,
-                limits=limits, log=job.log, cancel=job.cancel,
-            )  # fmt: skip
-        else:
-            image_id = build_conventions(
-                self.api, base=base, context=job.file, conventions=conventions, labels=labels,
-                repository=repository, tag=tag, limits=limits, log=job.log, cancel=job.cancel,
-            )  # fmt: skip
+
+    def keep(self, job: Job, new: NewVersion, image_id: str, limits: BuildLimits) -> M.MemberImage:
+        """The image made, if it carries the member's labels and fits the room their quota
+        left; untagged otherwise (what was built is not trusted until checked)."""
         built = M.MemberImage.of(self.api.inspect_image(image_id))
         if built is None or built.owner_uid != job.uid:
-            self._untag(f"{repository}:{tag}")
+            self._untag(new.reference)
             raise BuildFailed("The built image does not carry your labels; nothing was kept.")
-        if room is not None and built.added > room:
-            self._untag(f"{repository}:{tag}")
+        if new.room is not None and built.added > new.room:
+            self._untag(new.reference)
             raise PermissionRefused(quota_message(built.added, limits))
-        return self._result(built, base)
+        return built
 
     @staticmethod
     def _result(image: M.MemberImage, base: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The broker's exports: `labnotebook export` in the lab hub (see provisioner/export.py).
 
-Like a kernel build, an export is a short conversation on the broker's socket:
+Like a kernel build, an export is a short conversation on the broker's socket (the upload,
+status and cancel steps are every job's: hub/broker_jobs.py):
 
     export_base   {image}                         -> {exists}   (may the member start from it?)
     export        {name, image, notebook, size}   -> {export, chunk}   (checks; the member's slot)
@@ -41,11 +42,8 @@ never writes into homes.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import binascii
 import contextlib
-import datetime
 import fnmatch
 import hashlib
 import io
@@ -57,7 +55,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,18 +75,16 @@ from labnotebook.provisioner.builds import (
     _tar_dir,
     _wait,
     human,
-    quota_message,
 )
 from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
 from labnotebook.provisioner.record import record_of
 from traitlets import Int, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .broker_builds import KEEP_FINISHED, MAX_STATUS_LINES, STALLED_UPLOAD, BuildJob, ImageService
+from .broker_builds import BuildJob, ImageService
+from .broker_jobs import CHUNK, Job, JobService
 from .broker_policy import Peer
 
-CHUNK = 512 << 10
-"""File bytes per export_data request (as for builds: base64 of it fits a request line)."""
 SAVE_CHUNK = 4 << 20
 """Image bytes per export_save answer: base64 of it stays well under an answer's limit."""
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
@@ -114,42 +109,33 @@ class ExportPolicy(LoggingConfigurable):
     )
 
 
-@dataclass
-class ExportJob:
-    id: str
-    uid: int
-    username: str
+@dataclass(kw_only=True)
+class ExportJob(Job):
     home: str
-    name: str
     image_id: str
     notebook: str
-    size: int
-    file: IO[bytes]
-    log: BuildLog
     slot: BuildJob
-    """The placeholder in the ImageService's jobs: one build or export per member."""
-    received: int = 0
-    state: str = "upload"  # upload, running, done, failed
-    touched: float = field(default_factory=time.monotonic)
-    result: dict[str, Any] | None = None
-    error: KernelLaunchError | None = None
+    """The placeholder in the ImageService's jobs: one build or export per member. The export
+    shares its `cancel`, and keeps its state and time, so the ImageService counts it."""
     save: Iterator[bytes] | None = None
     save_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def cancel(self) -> threading.Event:
-        return self.slot.cancel
+    def touch(self) -> None:
+        self.touched = self.slot.touched = time.monotonic()
 
 
-class ExportService:
+class ExportService(JobService[ExportJob]):
     """Members' exports, sharing the ImageService's engine, rules and build slots."""
 
+    kind = "export"
+    complete = "This export has all its files already."
+    cut_short = "The export's files ended after {received} of {size} bytes."
+    sent = "the notebook and its data"
+
     def __init__(self, images: ImageService, policy: ExportPolicy, log: Any) -> None:
+        super().__init__(log)
         self.images = images
         self.policy = policy
-        self.log = log
-        self._jobs: dict[str, ExportJob] = {}
-        self._lock = threading.Lock()
 
     @property
     def api(self) -> Any:
@@ -194,9 +180,7 @@ class ExportService:
             raise PermissionRefused("Root exports with its own engine, not through the broker.")
         M.check_name(name)
         if size <= 0 or size > build_policy.context_bytes:
-            raise PermissionRefused(
-                too_large("the notebook and its data", build_policy.context_bytes)
-            )
+            raise PermissionRefused(too_large(self.sent, build_policy.context_bytes))
         home = member_home(peer.uid)
         check_target(notebook, home)
         if self.base(peer, image) is None:
@@ -209,36 +193,23 @@ class ExportService:
                 "The lab's hub has no wheelhouse for exports (ExportPolicy.wheelhouse "
                 f"{wheelhouse}); ask the lab's admin to rebuild the hub image."
             )
-        quota = build_policy.quota_bytes
-        if quota is not None:
-            used = M.used_bytes(M.member_images(self.api, peer.uid))
-            if used >= quota:
-                raise PermissionRefused(
-                    f"Your images already use {human(used)} of your {human(quota)} quota. "
-                    "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
-                    "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
-                )
+        images = self.images
+        images.check_quota(peer.uid)
         # One build or export per member, shared with kernel builds: a placeholder job in the
         # ImageService's table (under its lock) that its own checks count. Its ID is never
         # told to anyone, so no build operation can act on it.
-        images = self.images
         with images._lock:
             images._forget_finished()
-            self._forget_finished()
-            mine = [j for j in images._jobs.values() if j.uid == peer.uid and j.active]
-            if mine:
-                raise PermissionRefused(
-                    f"You already have a build or export running ({mine[0].name!r}): one per "
-                    "member at a time. Wait for it to finish, or stop it (Ctrl-C where it runs)."
-                )
-            running = [j for j in images._jobs.values() if j.active]
-            if len(running) >= build_policy.max_builds:
-                raise PermissionRefused(
-                    f"The lab is running {len(running)} image builds already, the most at once "
-                    "(BuildPolicy.max_builds). Try again in a few minutes."
-                )
+            with self._lock:
+                self._forget_finished()
+            images.check_slots(
+                peer.uid,
+                busy="You already have a build or export running ({name!r}): one per member at "
+                "a time. Wait for it to finish, or stop it (Ctrl-C where it runs).",
+                full="The lab is running {count} image builds already, the most at once "
+                "(BuildPolicy.max_builds). Try again in a few minutes.",
+            )
             slot = BuildJob(
-                id=uuid.uuid4().hex,
                 uid=peer.uid,
                 username=identity.username,
                 name=f"export {name}",
@@ -249,7 +220,6 @@ class ExportService:
             )
             images._jobs[slot.id] = slot
             job = ExportJob(
-                id=uuid.uuid4().hex,
                 uid=peer.uid,
                 username=identity.username,
                 home=home,
@@ -260,29 +230,29 @@ class ExportService:
                 file=tempfile.TemporaryFile(prefix="labnotebook-export-"),  # noqa: SIM115
                 log=BuildLog(limit=build_policy.log_bytes),
                 slot=slot,
+                cancel=slot.cancel,
             )
             with self._lock:
                 self._jobs[job.id] = job
         return {"export": job.id, "chunk": CHUNK}
 
-    def _forget_finished(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for job in list(self._jobs.values()):
-                idle = now - job.touched
-                finished = job.state in ("done", "failed") and idle > KEEP_FINISHED
-                stalled = job.state == "upload" and (idle > STALLED_UPLOAD or job.cancel.is_set())
-                if finished or stalled:
-                    self._drop(job)
+    @property
+    def upload_limit(self) -> int:
+        return self.images.policy.context_bytes
 
-    def _drop(self, job: ExportJob) -> None:
-        """Forget `job` (under self._lock); a running one is only told to stop."""
-        job.cancel.set()
-        if job.state == "running":
-            return
-        job.file.close()
+    def _start(self, job: ExportJob) -> None:
+        """The slot runs with the export: it is the member's one job now."""
+        job.slot.state = "running"
+        super()._start(job)
+
+    def _ended(self, job: ExportJob) -> None:
+        """The slot ends with the export, so the member may start another."""
+        job.slot.state = job.state
+
+    def _forget(self, job: ExportJob) -> None:
+        """Also let go of the `docker save` stream, and free the member's slot."""
+        super()._forget(job)
         self._close_save(job)
-        self._jobs.pop(job.id, None)
         if job.slot.state in ("upload", "running"):
             job.slot.state = "failed"
         job.slot.touched = time.monotonic()
@@ -293,76 +263,6 @@ class ExportService:
             with contextlib.suppress(Exception):
                 job.save.close()  # type: ignore[attr-defined]
             job.save = None
-
-    def _job(self, peer: Peer, export: str) -> ExportJob:
-        with self._lock:
-            job = self._jobs.get(export)
-        if job is None or job.uid != peer.uid:
-            raise KernelConfigError(
-                "No such export of yours (it finished long ago, or was abandoned)."
-            )
-        job.touched = job.slot.touched = time.monotonic()
-        return job
-
-    def data(self, peer: Peer, export: str, data: str, last: bool) -> dict[str, Any]:
-        job = self._job(peer, export)
-        if job.state != "upload":
-            raise KernelConfigError("This export has all its files already.")
-        if job.cancel.is_set():
-            raise KernelConfigError("This export was stopped.")
-        try:
-            chunk = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise KernelConfigError("export_data: 'data' must be base64.") from None
-        job.received += len(chunk)
-        if job.received > job.size:
-            with self._lock:
-                self._drop(job)
-            raise PermissionRefused(
-                too_large("the notebook and its data", self.images.policy.context_bytes)
-            )
-        job.file.write(chunk)
-        if last:
-            if job.received != job.size:
-                with self._lock:
-                    self._drop(job)
-                raise KernelConfigError(
-                    f"The export's files ended after {job.received} of {job.size} bytes."
-                )
-            job.state = job.slot.state = "running"
-            threading.Thread(
-                target=self._run, args=(job,), name=f"export-{job.username}", daemon=True
-            ).start()
-        return {"received": job.received}
-
-    async def status(self, peer: Peer, export: str, since: int, wait: float) -> dict[str, Any]:
-        job = self._job(peer, export)
-        called = time.monotonic()
-        deadline = called + max(0.0, min(wait, 10.0))
-        while True:
-            lines, following = job.log.since(since)
-            finished = job.state in ("done", "failed")
-            now = time.monotonic()
-            if finished or now >= deadline or (lines and now - called >= min(wait, 1.0)):
-                break
-            await asyncio.sleep(0.1)
-        lines = lines[:MAX_STATUS_LINES]
-        answer: dict[str, Any] = {
-            "lines": lines,
-            "next": since + len(lines) if len(lines) == MAX_STATUS_LINES else following,
-            "done": finished and len(lines) < MAX_STATUS_LINES,
-        }
-        if answer["done"]:
-            answer["result"] = job.result
-            if job.error is not None:
-                answer["error"] = type(job.error).__name__
-                answer["message"] = str(job.error)
-        return answer
-
-    def cancel(self, peer: Peer, export: str) -> None:
-        job = self._job(peer, export)
-        with self._lock:
-            self._drop(job)
 
     def save(self, peer: Peer, export: str) -> dict[str, Any]:
         """The next chunk of `docker save` of the export's image (its tag in the member's
@@ -419,17 +319,7 @@ class ExportService:
         job.log.add(f"==> Checking {reference}: re-running the notebook with no network")
         container = None
         try:
-            host_config = api.create_host_config(
-                mem_limit=limits.memory,
-                memswap_limit=limits.memory,
-                nano_cpus=limits.nano_cpus,
-                pids_limit=limits.pids,
-                network_mode="none",
-                security_opt=["no-new-privileges:true"],
-                cap_drop=["ALL"],
-                init=True,
-                log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
-            )
+            host_config = _bounded(api, limits)
             # The image's own user (the export's, UID 1000) and command: what a reader runs.
             container = api.create_container(
                 reference,
@@ -437,12 +327,7 @@ class ExportService:
                 host_config=host_config,
                 detach=True,
             )["Id"]
-            api.start(container)
-            follower = threading.Thread(target=_follow, args=(api, container, job.log))
-            follower.daemon = True
-            follower.start()
-            code = _wait(api, container, limits, job.cancel)
-            follower.join(10)
+            code = _run_logged(api, container, job, limits)
             job.result["check_exit"] = code
             job.log.add(
                 "==> Reproduced: every required output matches"
@@ -467,37 +352,6 @@ class ExportService:
 
     # -- the build ---------------------------------------------------------------------------
 
-    def _run(self, job: ExportJob) -> None:
-        started = time.monotonic()
-        try:
-            job.result = self._build(job)
-            job.state = "done"
-            job.log.add(f"==> Built {job.result['repository']}:{job.result['tag']}")
-        except KernelLaunchError as e:
-            job.error, job.state = e, "failed"
-        except docker.errors.APIError as e:
-            job.error = BuildFailed(f"The Docker engine refused: {e.explanation or e}")
-            job.state = "failed"
-        except Exception as e:
-            self.log.exception("Export %s of %s failed", job.name, job.username)
-            job.error = KernelLaunchError(
-                f"The kernel broker failed during the export ({type(e).__name__}); the lab's "
-                "admin will find details in the broker's log."
-            )
-            job.state = "failed"
-        finally:
-            job.file.close()
-            job.touched = job.slot.touched = time.monotonic()
-            job.slot.state = job.state
-            self.log.info(
-                "%s(%d) export %s: %s in %.0f s",
-                job.username,
-                job.uid,
-                job.name,
-                "ok" if job.state == "done" else type(job.error).__name__,
-                time.monotonic() - started,
-            )
-
     def _build(self, job: ExportJob) -> dict[str, Any]:
         peer = Peer(0, job.uid, 0)
         base = self.base(peer, job.image_id)
@@ -507,53 +361,24 @@ class ExportService:
             )
         with tempfile.TemporaryFile(prefix="labnotebook-export-files-") as files:
             plan, digest = self._plan(job, files)
-            build_policy = self.images.policy
-            images = M.member_images(self.api, job.uid)
-            quota = build_policy.quota_bytes
-            room = None if quota is None else quota - M.used_bytes(images)
-            version = M.next_version(images, job.name)
-            repository = M.repository(job.username, job.uid, job.name)
-            tag = f"v{version}"
-            if M.inspect(self.api, f"{repository}:{tag}") is not None:
-                raise PermissionRefused(
-                    f"{repository}:{tag} already exists and is not a new version of yours; "
-                    "nothing was built. Ask the lab's admin to look at it."
-                )
-            plan.name = f"{repository}:{tag}"
-            labels = {
-                **M.image_labels(
-                    owner=job.username,
-                    owner_uid=job.uid,
-                    name=job.name,
-                    version=version,
-                    built=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    context_digest=digest,
-                    base_id=base["Id"],
-                    base_size=int(base.get("Size") or 0),
-                ),
-                **X.export_labels(plan),
-            }
-            limits = build_policy.limits(room)
+            new = self.images.new_version(job)
+            plan.name = new.reference
+            labels = {**self.images.labels(job, new, digest, base), **X.export_labels(plan)}
+            limits = self.images.policy.limits(new.room)
             # The runner installs from local wheels: no network, whatever builds use.
             limits.network = "none"
             job.log.add(
-                f"==> Building {repository}:{tag} FROM {base['Id'][:19]} "
+                f"==> Building {new.reference} FROM {base['Id'][:19]} "
                 f"({', '.join((base.get('RepoTags') or [])[:1]) or 'untagged'})"
             )
             files.seek(0)
             image_id = self._container_build(job, base, plan, files, labels, limits)
-        built = M.MemberImage.of(self.api.inspect_image(image_id))
-        if built is None or built.owner_uid != job.uid:
-            self._untag(f"{repository}:{tag}")
-            raise BuildFailed("The built image does not carry your labels; nothing was kept.")
-        if room is not None and built.added > room:
-            self._untag(f"{repository}:{tag}")
-            raise PermissionRefused(quota_message(built.added, limits))
+        built = self.images.keep(job, new, image_id, limits)
         return {
             "image": built.id,
-            "repository": repository,
-            "tag": tag,
-            "version": version,
+            "repository": new.repository,
+            "tag": new.tag,
+            "version": new.number,
             "name": job.name,
             "added": built.added,
             "base_image_id": base["Id"],
@@ -646,18 +471,7 @@ class ExportService:
         """Like builds.build_conventions: the generated setup script in a bounded container
         from the recorded image, committed with the export's configuration."""
         api = self.api
-        host_config = api.create_host_config(
-            mem_limit=limits.memory,
-            memswap_limit=limits.memory,
-            nano_cpus=limits.nano_cpus,
-            pids_limit=limits.pids,
-            network_mode="none",
-            security_opt=["no-new-privileges:true"],
-            cap_drop=["ALL"],
-            cap_add=BUILD_CAPABILITIES,
-            init=True,
-            log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
-        )
+        host_config = _bounded(api, limits, cap_add=BUILD_CAPABILITIES)
         container = api.create_container(
             base["Id"],
             entrypoint=["/bin/sh", "-c"],
@@ -674,12 +488,7 @@ class ExportService:
                 api.put_archive(container, "/", _tar_dir(X.TOOLS_DIR.lstrip("/")))
                 api.put_archive(container, X.TOOLS_DIR, tools)
             api.put_archive(container, "/", files)
-            api.start(container)
-            follower = threading.Thread(target=_follow, args=(api, container, job.log))
-            follower.daemon = True
-            follower.start()
-            exit_code = _wait(api, container, limits, job.cancel)
-            follower.join(10)
+            exit_code = _run_logged(api, container, job, limits)
             if exit_code != 0:
                 raise BuildFailed(
                     f"Installing the runner on the recorded image failed (exit code "
@@ -702,9 +511,34 @@ class ExportService:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(container, force=True, v=True)
 
-    def _untag(self, reference: str) -> None:
-        with contextlib.suppress(docker.errors.NotFound):
-            self.api.remove_image(reference, noprune=False)
+
+def _bounded(api: Any, limits: BuildLimits, **more: Any) -> dict[str, Any]:
+    """The host config of a container the broker runs on a member's image (the export's
+    setup, its check): the build's limits, no network, no capabilities but `more`'s."""
+    return api.create_host_config(
+        mem_limit=limits.memory,
+        memswap_limit=limits.memory,
+        nano_cpus=limits.nano_cpus,
+        pids_limit=limits.pids,
+        network_mode="none",
+        security_opt=["no-new-privileges:true"],
+        cap_drop=["ALL"],
+        init=True,
+        log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
+        **more,
+    )
+
+
+def _run_logged(api: Any, container: str, job: ExportJob, limits: BuildLimits) -> int:
+    """Start `container` and wait for its exit code (or the time limit, or a cancel), its
+    output going to the job's log as it comes."""
+    api.start(container)
+    follower = threading.Thread(target=_follow, args=(api, container, job.log))
+    follower.daemon = True
+    follower.start()
+    code = _wait(api, container, limits, job.cancel)
+    follower.join(10)
+    return code
 
 
 class _Hashing(io.RawIOBase):
