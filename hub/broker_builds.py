@@ -56,6 +56,9 @@ class BuildJob(Job):
     """The inspected image the build starts from (the member may launch it)."""
     digest: Any = field(default_factory=hashlib.sha256)
     """Of the context as it arrives: an unchanged folder on the same base is not rebuilt."""
+    images: list[M.MemberImage] | None = None
+    """The member's images as the start listed them. Only the broker adds to a member's
+    namespace, one job per member at a time, so the list holds until the build."""
 
     def write(self, chunk: bytes) -> None:
         super().write(chunk)
@@ -158,7 +161,7 @@ class ImageService(JobService[BuildJob]):
         if size < 0 or size > self.policy.context_bytes:
             raise PermissionRefused(too_large(self.sent, self.policy.context_bytes))
         base_details = self.base_for(peer, base or self.policy.default_base)
-        self.check_quota(peer.uid)
+        images = self.check_quota(peer.uid)
         with self._lock:
             self._forget_finished()
             self.check_slots(
@@ -175,6 +178,7 @@ class ImageService(JobService[BuildJob]):
                 username=identity.username,
                 name=name,
                 base=base_details,
+                images=images,
                 size=size,
                 file=tempfile.TemporaryFile(prefix="labnotebook-build-"),  # noqa: SIM115
                 log=BuildLog(limit=self.policy.log_bytes),
@@ -182,18 +186,21 @@ class ImageService(JobService[BuildJob]):
             self._jobs[job.id] = job
         return {"build": job.id, "chunk": CHUNK}
 
-    def check_quota(self, uid: int) -> None:
+    def check_quota(self, uid: int) -> list[M.MemberImage]:
         """Refuse a new image (a build's or an export's) to a member whose images fill their
-        quota already; the finished image is checked against what is left."""
+        quota already; the finished image is checked against what is left. Returns the
+        member's images, for the job to reuse: the engine lists images slowly (tens of ms)."""
         quota = self.policy.quota_bytes
+        images = M.member_images(self.api, uid)
         if quota is not None:
-            used = M.used_bytes(M.member_images(self.api, uid))
+            used = M.used_bytes(images)
             if used >= quota:
                 raise PermissionRefused(
                     f"Your images already use {human(used)} of your {human(quota)} quota. "
                     "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
                     "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
                 )
+        return images
 
     def check_slots(self, uid: int, *, busy: str, full: str) -> None:
         """Under self._lock: refuse a new build or export while the member has one going, or
@@ -235,7 +242,7 @@ class ImageService(JobService[BuildJob]):
                 i for i in new.images if i.name == job.name and i.context_digest == digest
                 and i.base == base["Id"]
             ]  # fmt: skip
-            if same:
+            if same and M.inspect(self.api, same[-1].id) is not None:  # not removed meanwhile
                 job.log.add(f"==> Unchanged since v{same[-1].version}: using that version")
                 return self._result(same[-1], base)
         limits = self.policy.limits(new.room)
@@ -275,7 +282,8 @@ class ImageService(JobService[BuildJob]):
 
     def new_version(self, job: Job) -> NewVersion:
         """The next version of the job's image, refused if its tag exists already."""
-        images = M.member_images(self.api, job.uid)
+        listed = getattr(job, "images", None)
+        images = listed if listed is not None else M.member_images(self.api, job.uid)
         quota = self.policy.quota_bytes
         new = NewVersion(
             images=images,

@@ -245,7 +245,14 @@ async def main() -> dict[str, float]:
 def report(results: dict[str, float]) -> None:
     print(f"\nlabnotebook benchmark ({ROUNDS} interleaved rounds, image {IMAGE})")
     for key, value in results.items():
-        unit = "" if "ratio" in key else " ms" if key.endswith("_ms") else " s"
+        unit = next(
+            (
+                u
+                for suffix, u in (("_ms", " ms"), ("_mb", " MB"), ("_s", " s"))
+                if key.endswith(suffix)
+            ),
+            "",
+        )
         print(f"  {key:<28} {value:8.3f}{unit}")
     print(json.dumps({k: round(v, 4) for k, v in results.items()}))
 
