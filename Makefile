@@ -95,7 +95,9 @@ lint:
 	ruff check provisioner hub tests
 	ruff format --check provisioner hub tests
 
-test: install images-if-missing kernel-r-if-missing
+# The hub image too: exports take their runner's wheels from it (offline), and the hub tests'
+# own build of it reuses its layers.
+test: install images-if-missing kernel-r-if-missing hub-image-if-missing
 	$(PYTHON) -m pytest -v -ra
 
 test-fast: install
