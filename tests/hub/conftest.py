@@ -10,6 +10,7 @@ and image by hand.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -144,7 +145,15 @@ def lab_image() -> Iterator[str]:
     image = f"labnotebook/hub:test-{SESSION}"
     yield image
     if os.environ.get("LABNOTEBOOK_KEEP_HUB") != "1":
+        image_id = run("docker", "image", "inspect", "-f", "{{.Id}}", image, check=False)
         run("docker", "image", "rm", "-f", image, check=False)
+        # images/build.sh also gave this build an immutable `build-TIME` tag; it goes too,
+        # unless the same image is the lab's own as well (an identical build).
+        left = run("docker", "image", "inspect", "-f", "{{json .RepoTags}}",
+                   image_id.stdout.strip() or "-", check=False)  # fmt: skip
+        names = json.loads(left.stdout or "[]") if left.returncode == 0 else []
+        if names and all(":build-" in name for name in names):
+            run("docker", "image", "rm", *names, check=False)
 
 
 @pytest.fixture(scope="session")
