@@ -74,7 +74,7 @@ class AddressBook:
     def _launch(self, spec: KernelContainerSpec, uid: int, engine: Any) -> LaunchedContainer:
         if spec.ip:
             self._claim(spec.ip, uid, spec.kernel_id)
-            return engine.launch(spec)
+            return engine.launch_container(spec)
         address = None
         if self._fixed_addresses:
             with self._lock:  # concurrent launches must not pick the same free address
@@ -83,9 +83,9 @@ class AddressBook:
                     # Held for this launch while it runs; released below if it fails.
                     self._holds[address] = _Hold(uid, spec.kernel_id, time.monotonic() + 60)
         if address is None:
-            return engine.launch(spec)
+            return engine.launch_container(spec)
         try:
-            launched = engine.launch(replace(spec, ip=address))
+            launched = engine.launch_container(replace(spec, ip=address))
         except AddressUnavailable as refused:
             self.log.warning(
                 "Kernels on network %s cannot keep their address across restarts: %s. "
@@ -94,7 +94,7 @@ class AddressBook:
                 refused,
             )
             self._fixed_addresses = False
-            launched = engine.launch(spec)
+            launched = engine.launch_container(spec)
         finally:
             with self._lock:
                 self._holds.pop(address, None)

@@ -39,7 +39,7 @@ import stat
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import docker.errors
 from labnotebook.provisioner import __version__
@@ -65,8 +65,6 @@ from traitlets.config import Application, catch_config_error
 from .broker_operations import BrokerOperations, username
 from .broker_policy import LaunchPolicy, Peer
 
-T = TypeVar("T")
-_NOT_GIVEN = object()
 # Requests made every few seconds per kernel or build (polls, data chunks): logged at DEBUG.
 QUIET_OPS = frozenset(
     {"state", "logs", "build_status", "build_data", "export_status", "export_data", "export_save"}

@@ -2,10 +2,10 @@
 
 Each `op_NAME(peer, request)` checks its arguments, decides with the `LaunchPolicy` and the
 caller's kernel-verified identity, and answers a response object. The operations talk to the
-engine only through its interface (`DockerEngine`'s public methods: launch, container,
-free_address, state, signal, remove, logs, wait, kernel_containers), so a test engine needs
-nothing else. The transport - socket, peer credentials, per-user limits, draining - is
-`broker.KernelBroker`'s.
+engine only through its interface (`DockerEngine`'s public methods: launch_container,
+container, free_address, state, signal, remove, logs, wait, kernel_containers), so a test
+engine needs nothing else. The transport - socket, peer credentials, per-user limits,
+draining - is `broker.KernelBroker`'s.
 """
 
 from __future__ import annotations
@@ -154,7 +154,9 @@ class BrokerOperations(ExportOperations):
 
         def launch() -> tuple[dict[str, Any], float]:
             member_image = self.images.launchable(peer, args["spec"].get("image"))
-            spec = self.policy.admit(peer, args["spec"], member_image=member_image)
+            request = self.policy.admit(peer, args["spec"], member_image=member_image)
+            # Launched for the peer process itself: when it is gone, the reaper removes it.
+            spec = self.policy.container_for(peer, request)
             with self._reserve_kernel(peer.uid, spec.memory or 0):
                 started = time.perf_counter()
                 launched = self.addresses.launch(spec, peer.uid, self.engine)

@@ -1,13 +1,15 @@
-"""What the kernel broker lets a user's launch request become.
+"""What the kernel broker lets a member's launch request become.
 
-A user's Jupyter server sends a whole `KernelContainerSpec`, but only some of it is the
-user's to decide (the command, environment, image among the lab's, limits up to the lab's
-caps). Everything that decides *who* the kernel is and *what it can reach* - the UID and
-groups, the mounts, the network, the labels the broker later trusts, the container name - is
-recomputed here from the peer's kernel-verified UID and the admin's configuration.
+A member's Jupyter server sends a `LaunchRequest` as JSON: the part of a launch that is hers
+to decide (the command, environment, image among the lab's, limits up to the lab's caps).
+`LaunchPolicy.admit` checks it field by field and returns the admitted `LaunchRequest`.
+Everything that decides *who* the kernel is and *what it can reach* - the UID and groups, the
+lab's mounts, the network, the labels the broker later trusts, the container name - is never
+in a request: `launch.container_spec` adds it once, from the peer's kernel-verified identity
+(`identity_of`) and the admin's `rules_for` it.
 
-`LaunchPolicy.admit` is a pure function of (peer, request, configuration): it never talks to
-the Docker engine, so a refused request cannot have left anything behind, and the policy is
+`admit` is a pure function of (peer, request, configuration): it never talks to the Docker
+engine, so a refused request cannot have left anything behind, and the policy is
 unit-testable without Docker.
 """
 
@@ -25,8 +27,8 @@ from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
 from labnotebook.provisioner.launch import LabRules, container_spec, size_in_bytes
 from labnotebook.provisioner.mounts import Mount
-from labnotebook.provisioner.request import LaunchRequest
-from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
+from labnotebook.provisioner.request import PORT_NAMES, LaunchRequest
+from labnotebook.provisioner.spec import KernelContainerSpec
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
 
@@ -252,14 +254,14 @@ class LaunchPolicy(LoggingConfigurable):
 
     # -- the decision -----------------------------------------------------------------------
 
-    def admit(self, peer: Peer, request: Any, member_image: bool = False) -> KernelContainerSpec:
-        """The spec the broker will launch for `peer`, or a refusal that says why.
+    def admit(self, peer: Peer, request: Any, member_image: bool = False) -> LaunchRequest:
+        """The request as the broker will launch it for `peer`, or a refusal that says why.
 
         `member_image`: the broker found the requested image to be one the peer may run by
         its recorded owner (their own, or published: hub/broker_builds.py); otherwise the
         image must match allowed_images."""
         if not isinstance(request, dict):
-            raise KernelConfigError("A launch request needs a 'spec' object (KernelSpec JSON).")
+            raise KernelConfigError("A launch needs a 'spec' object: a LaunchRequest as JSON.")
         unknown = sorted(set(request) - (set(REVIEWED_FIELDS) & LaunchRequest.field_names()))
         if unknown:
             raise PermissionRefused(
@@ -303,20 +305,15 @@ class LaunchPolicy(LoggingConfigurable):
                 "Kernels in this lab are reached on the kernel network, never on ports "
                 "published on the host. Set connect_via = 'container-ip' (the default)."
             )
-        substitutions = {
-            "username": identity.username,
-            "uid": str(identity.uid),
-            "home": identity.home,
-        }
         init = request.get("init", True)
         if not isinstance(init, bool):
             raise KernelConfigError("Kernel spec field 'init' must be true or false.")
         working_dir = request.get("working_dir")
         if working_dir is not None and not _text("working_dir", working_dir).startswith("/"):
             raise KernelConfigError(f"working_dir must be an absolute path: {working_dir!r}")
-        mounts = self._mounts(request.get("mounts") or [], substitutions)
+        mounts = self._mounts(request.get("mounts") or [], identity)
 
-        request_ = LaunchRequest(
+        return LaunchRequest(
             kernel_id=kernel_id,
             kernel_name=kernel_name,
             image=image,
@@ -348,16 +345,29 @@ class LaunchPolicy(LoggingConfigurable):
             init=init,
             ip=ip,
         )
-        rules = LabRules(
+
+    def container_for(
+        self, peer: Peer, admitted: LaunchRequest, server: str | None = None
+    ) -> KernelContainerSpec:
+        """The container an admitted request becomes for `peer`: `launch.container_spec`
+        with the peer's identity and the lab's rules. `server` names the launching process
+        for the reaper (default: the peer's own)."""
+        identity = self.identity_of(peer)
+        if server is None:
+            server = L.server_identity(peer.pid) if peer.pid > 0 else "unknown"
+        return container_spec(admitted, identity, self.rules_for(identity), server=server)
+
+    def rules_for(self, identity: KernelIdentity) -> LabRules:
+        """What the lab decides for every kernel of `identity`, whatever the request says."""
+        return LabRules(
             network=self.network,
-            lab_mounts=tuple(Mount.parse(m, substitutions) for m in self.lab_mounts),
+            lab_mounts=self._lab_mounts(identity),
             allow_root=self.allow_root,
             cwd_shim=tuple(self.cwd_shim),
         )
-        # The launching server is the peer process itself: when it is gone, the broker's
-        # reaper removes the kernel.
-        server = L.server_identity(peer.pid) if peer.pid > 0 else "unknown"
-        return container_spec(request_, identity, rules, server=server)
+
+    def _lab_mounts(self, identity: KernelIdentity) -> tuple[Mount, ...]:
+        return tuple(Mount.parse(m, _placeholders(identity)) for m in self.lab_mounts)
 
     def identity_of(self, peer: Peer) -> KernelIdentity:
         """The peer's account, from this machine's user database - never from the request."""
@@ -427,20 +437,24 @@ class LaunchPolicy(LoggingConfigurable):
             _text(f"env.{key}", value, limit=65536, allow_empty=True)
         return dict(env)  # HOME/USER/LOGNAME: the account's (launch.container_spec)
 
-    def _mounts(self, requested: Any, substitutions: dict[str, str]) -> list[Mount]:
+    def _mounts(self, requested: Any, identity: KernelIdentity) -> list[Mount]:
+        """The requested mounts the lab allows. Not merged with the lab's own mounts:
+        `launch.merged_mounts` does that, once, for every launcher."""
         if not isinstance(requested, list):
             raise KernelConfigError("Kernel spec field 'mounts' must be a list.")
-        lab = [Mount.parse(m, substitutions) for m in self.lab_mounts]
-        allowed = [Mount.parse(m, substitutions) for m in self.allowed_mounts]
-        result = list(lab)
+        lab = self._lab_mounts(identity)
+        allowed = [Mount.parse(m, _placeholders(identity)) for m in self.allowed_mounts]
+        result: list[Mount] = []
         for item in requested:
             mount = self._requested_mount(item)
-            same = [m for m in result if (m.source, m.target) == (mount.source, mount.target)]
+            key = (mount.source, mount.target)
+            same = [m for m in (*lab, *result) if (m.source, m.target) == key]
             if same:
                 if mount.read_only and not same[0].read_only:
-                    result[result.index(same[0])] = mount  # asked to be stricter: fine
+                    # Asked to be stricter than the lab, or than an earlier entry: fine.
+                    result = [m for m in result if (m.source, m.target) != key] + [mount]
                 continue
-            if any(m.target == mount.target for m in result):
+            if any(m.target == mount.target for m in (*lab, *result)):
                 raise PermissionRefused(
                     f"The kernel may not mount {mount.source} at {mount.target}: the lab "
                     "already mounts something there."
@@ -550,3 +564,8 @@ class LaunchPolicy(LoggingConfigurable):
         if dropped:
             self.log.info("Dropped labels not in LaunchPolicy.allowed_labels: %s", dropped)
         return result
+
+
+def _placeholders(identity: KernelIdentity) -> dict[str, str]:
+    """What {username}, {uid} and {home} in the admin's mounts stand for."""
+    return {"username": identity.username, "uid": str(identity.uid), "home": identity.home}

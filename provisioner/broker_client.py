@@ -1,10 +1,11 @@
 """`BrokerEngine`: the provisioner's engine when kernels start through the lab's kernel broker.
 
-It has the methods, signatures and return types of `DockerEngine`, so the provisioner does not
-care which one it drives; but instead of the Docker socket (which users in the lab hub cannot
-open) it talks to the root-owned broker's Unix socket (`labnotebook.hub.broker`). The broker
-decides the kernel's user, groups, mounts and network itself; a refusal comes back as the same
-exception class the broker raised, with the broker's message, for Jupyter to show the user.
+It is a `spec.KernelEngine`, like `local_engine.LocalEngine`, so the provisioner does not care
+which one it drives; but instead of the Docker socket (which users in the lab hub cannot open)
+it talks to the root-owned broker's Unix socket (`labnotebook.hub.broker`). Only the member's
+`LaunchRequest` is sent: the broker decides the kernel's user, groups, mounts and network
+itself; a refusal comes back as the same exception class the broker raised, with the broker's
+message, for Jupyter to show the user.
 
 Methods are called from the provisioner's thread pool, concurrently. Each call takes an idle
 connection (or opens one: a local connect costs microseconds) and puts it back afterwards, so
@@ -24,7 +25,8 @@ from typing import Any
 
 from .broker_protocol import DEFAULT_SOCKET, MAX_LINE, encode, error_from_response, peer_credentials
 from .errors import EngineUnreachable, KernelLaunchError
-from .spec import ContainerState, KernelContainerSpec, LaunchedContainer
+from .request import LaunchRequest
+from .spec import ContainerState, LaunchedContainer
 
 # Answers can be longer than requests (a root peer listing every kernel), but still bounded.
 MAX_RESPONSE = 16 * MAX_LINE
@@ -55,7 +57,7 @@ class _Connection:
 
 
 class BrokerEngine:
-    """A client of the lab's kernel broker, with `DockerEngine`'s interface."""
+    """A client of the lab's kernel broker: a `KernelEngine`, and the broker's other calls."""
 
     def __init__(
         self,
@@ -202,14 +204,13 @@ class BrokerEngine:
     def call(self, op: str, **args: Any) -> Any:
         return self.request(op, args).get("result")
 
-    # -- DockerEngine's interface --------------------------------------------------------------
+    # -- the KernelEngine interface -----------------------------------------------------------
 
-    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
-        """Ask the broker to start the kernel container (as *this* process's user).
-
-        Only the member's part of the spec (a LaunchRequest) is sent: who the kernel runs as,
-        the lab's mounts, network, name and labels are the broker's to decide."""
-        result = self.call("launch", spec=spec.request_json())
+    def launch(self, request: LaunchRequest) -> LaunchedContainer:
+        """Ask the broker to start the request's kernel container (as *this* process's user):
+        who the kernel runs as, the lab's mounts, network, name and labels are the broker's to
+        decide. (The wire field is still called "spec", as in every earlier broker.)"""
+        result = self.call("launch", spec=request.to_json())
         return LaunchedContainer(
             container_id=result["container_id"],
             name=result["name"],
@@ -252,7 +253,7 @@ class BrokerEngine:
         """This user's kernel containers (as `docker ps` summaries); root may see everyone's."""
         return list(self.call("list", owner_uid=owner_uid))
 
-    # -- beyond DockerEngine -------------------------------------------------------------------
+    # -- beyond the KernelEngine interface -----------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
         """The broker's version and who it thinks we are (handy for `labnotebook` checks)."""

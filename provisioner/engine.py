@@ -1,8 +1,11 @@
 """Carrying out kernel container specs on a Docker engine with the Docker SDK.
 
-Every method here blocks; the provisioner calls them from a thread pool so the Jupyter
-server's event loop never waits on the engine. A launch either returns a started container
-or removes whatever it created and raises a `KernelLaunchError` that says what to fix.
+`DockerEngine` knows containers, not members: it starts exactly the `KernelContainerSpec` it
+is given (`launch_container`), whoever made it - `local_engine.LocalEngine` for a single
+user, the broker's `op_launch` in the lab hub. Every method here blocks; callers run them in
+a thread pool so no event loop waits on the engine. A launch either returns a started
+container or removes whatever it created and raises a `KernelLaunchError` that says what to
+fix.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import random
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import docker
 import docker.errors
@@ -44,12 +48,42 @@ from .spec import (
 )
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 PULL_POLICIES = ("never", "if-not-present", "always")
 KERNEL_LOG_OPTIONS = {"max-size": "10m", "max-file": "2"}
 """Docker's json-file log of a kernel container: at most 20 MB whatever the kernel prints."""
 KERNEL_OOM_SCORE_ADJ = 500
 """Above the hub's processes (0) and the engine's (-500): under memory pressure, the kernel
 that uses the most memory goes first."""
+
+
+IMAGE_FACTS_KEPT = 256
+"""Images whose facts (account files, link checks, inspection) one engine object keeps: the
+long-lived broker sees every version every member builds, and must not grow without end."""
+
+
+class _Recent(Generic[K, V]):
+    """A thread-safe mapping that keeps only the `size` most recently used entries."""
+
+    def __init__(self, size: int = IMAGE_FACTS_KEPT) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def _engine_message(error: Exception) -> str:
@@ -69,9 +103,10 @@ class DockerEngine:
         self.timeout = timeout
         self._api: docker.APIClient | None = None
         self._lock = threading.Lock()
-        self._image_files: dict[str, tuple[str, str]] = {}
-        self._plain_images: set[tuple[str, tuple[str, ...]]] = set()
-        self._image_details: dict[str, dict[str, Any]] = {}
+        # Facts of immutable image IDs, so that a launch asks the engine only once per image.
+        self._image_files: _Recent[str, tuple[str, str]] = _Recent()
+        self._plain_images: _Recent[tuple[str, tuple[str, ...]], bool] = _Recent()
+        self._image_details: _Recent[str, dict[str, Any]] = _Recent()
         self._networks: set[str] = set()
         self._network_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
@@ -133,7 +168,9 @@ class DockerEngine:
 
     # -- launching -------------------------------------------------------------------------
 
-    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
+    def launch_container(self, spec: KernelContainerSpec) -> LaunchedContainer:
+        """Create, prepare and start the container `spec` describes; on failure leave
+        nothing and raise."""
         spec.identity.refuse_root(spec.allow_root)
         with self._talking():
             image_id = self._ensure_image(spec.image, spec.pull_policy)
@@ -352,7 +389,8 @@ class DockerEngine:
 
     def _image_account_files(self, image_id: str, container_id: str) -> tuple[str, str]:
         """The image's own /etc/passwd and /etc/group (cached per image ID)."""
-        if image_id not in self._image_files:
+        known = self._image_files.get(image_id)
+        if known is None:
             texts = []
             for path in ("/etc/passwd", "/etc/group"):
                 try:
@@ -363,8 +401,9 @@ class DockerEngine:
                         texts.append(extracted.read().decode() if extracted else "")
                 except docker.errors.NotFound:
                     texts.append("")  # scratch or distroless images may have none
-            self._image_files[image_id] = (texts[0], texts[1])
-        return self._image_files[image_id]
+            known = (texts[0], texts[1])
+            self._image_files.put(image_id, known)
+        return known
 
     def _check_plain_paths(
         self, spec: KernelContainerSpec, image_id: str, container_id: str
@@ -374,11 +413,11 @@ class DockerEngine:
         if not is_mounted(spec.identity.home, spec.mounts):
             folders.append(spec.identity.home)
         key = (image_id, tuple(folders))
-        if key not in self._plain_images:
+        if self._plain_images.get(key) is None:
             refuse_planted_links(
                 self.api, container_id, spec.image, ["/etc/passwd", "/etc/group"], folders
             )
-            self._plain_images.add(key)
+            self._plain_images.put(key, True)
 
     def _files_archive(self, spec: KernelContainerSpec, image_id: str, container_id: str) -> bytes:
         """One tar with the user's account entries, the connection file and, if unmounted, home."""
@@ -466,12 +505,14 @@ class DockerEngine:
 
     def _image_facts(self, image_id: str) -> dict[str, Any]:
         """The image's inspection (an ID names immutable content: cached per ID)."""
-        if image_id not in self._image_details:
+        facts = self._image_details.get(image_id)
+        if facts is None:
             try:
-                self._image_details[image_id] = self.api.inspect_image(image_id)
+                facts = self.api.inspect_image(image_id)
             except docker.errors.NotFound:
                 return {}  # removed meanwhile (`docker rmi -f`): the ID is still the truth
-        return self._image_details[image_id]
+            self._image_details.put(image_id, facts)
+        return facts
 
     # -- running containers ----------------------------------------------------------------
 

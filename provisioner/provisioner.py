@@ -55,16 +55,15 @@ from .errors import (
 )
 from .gpus import parse_gpus
 from .identity import KernelIdentity
-from .launch import LabRules, container_spec, size_in_bytes
+from .launch import LabRules, size_in_bytes
+from .local_engine import LocalEngine
 from .mounts import Mount, container_path
 from .notices import NOTICE_ENV, out_of_memory
 from .reaper import prune
-from .request import LaunchRequest
+from .request import PORT_NAMES, LaunchRequest
 from .spec import (
     CONNECTION_FILE,
-    PORT_NAMES,
     ContainerState,
-    KernelContainerSpec,
     KernelEngine,
     LaunchedContainer,
 )
@@ -374,7 +373,11 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
                 self._engine = BrokerEngine(self.broker_socket)
             else:
-                self._engine = DockerEngine.shared(self.docker_host)
+                # The volumes are the request's: on a single user's engine, no lab adds its own.
+                rules = LabRules(network=self.network, allow_root=self.allow_root)
+                self._engine = LocalEngine(
+                    DockerEngine.shared(self.docker_host), rules, self.identity
+                )
         return self._engine
 
     @property
@@ -421,7 +424,9 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @_shown
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        """Build the container spec: identity, mounts, env, ports and the connection file."""
+        """Build the launch request: image, command, mounts, env, limits and the connection
+        file. Who the kernel runs as and the lab's part of the container are the engine's
+        (`LocalEngine`, or the lab's broker), so only the request goes to `launch_kernel`."""
         kwargs = await super().pre_launch(**kwargs)  # the environment, via _finalize_env
         if not self.image:
             raise KernelConfigError(
@@ -476,10 +481,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             ip=address,
             host_ports=host_ports,
         )
-        # The volumes are the request's: on a single user's engine, no lab adds its own.
-        rules = LabRules(network=self.network, allow_root=self.allow_root)
-        spec = container_spec(request, identity, rules)
-        kwargs["spec"] = spec
+        kwargs["request"] = request
         kwargs["cmd"] = argv
         return kwargs
 
@@ -537,13 +539,13 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @_shown
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        spec: KernelContainerSpec = kwargs["spec"]
+        request: LaunchRequest = kwargs["request"]
         self._reap_orphans_once()
         self._shutting_down = False
         self._exit_reported = False
         self._exit_watch = None
         try:
-            launched: LaunchedContainer = await in_thread(self.engine.launch, spec)
+            launched: LaunchedContainer = await in_thread(self.engine.launch, request)
         except AddressUnavailable as e:
             # Never the same ports on a new address: jupyter_server rebuilds its channels only
             # when the ports change, and a client that kept the old address would hang.
@@ -551,15 +553,15 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 "Kernel %s restarts on a new address and new ports: %s", self.kernel_id, e
             )
             fresh = self._fresh_connection(self.parent)
-            if "curve_secretkey" in spec.connection:
-                fresh["curve_publickey"] = spec.connection["curve_publickey"]
-                fresh["curve_secretkey"] = spec.connection["curve_secretkey"]
-            spec = dataclasses.replace(spec, connection=fresh, ip=None, host_ports={})
-            launched = await in_thread(self.engine.launch, spec)
+            if "curve_secretkey" in request.connection:
+                fresh["curve_publickey"] = request.connection["curve_publickey"]
+                fresh["curve_secretkey"] = request.connection["curve_secretkey"]
+            request = dataclasses.replace(request, connection=fresh, ip=None, host_ports={})
+            launched = await in_thread(self.engine.launch, request)
         self.container_id = launched.container_id
         self.container_name = launched.name
         try:
-            if spec.publish_ports:
+            if request.publish_ports:
                 # docker-proxy accepts connections before the kernel listens; nothing to probe.
                 await self._check_still_running()
             else:
@@ -572,15 +574,15 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self.kernel_id,
             launched.name,
             launched.ip,
-            spec.image,
+            request.image,
             f", {launched.gpus}" if launched.gpus else "",
         )
-        self._previous = (dict(spec.connection), launched)
+        self._previous = (dict(request.connection), launched)
         self._notice = None  # told once, by the kernel that followed
-        info = dict(spec.connection)
+        info = dict(request.connection)
         info.update(launched.ports)
         info["ip"] = launched.ip
-        info["key"] = spec.connection["key"].encode()
+        info["key"] = request.connection["key"].encode()
         self.connection_info = info
         return self.connection_info
 

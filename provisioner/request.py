@@ -1,10 +1,13 @@
 """`LaunchRequest`: what a member decides about a kernel launch, and nothing else.
 
-The Jupyter server builds one from the kernelspec and its settings. Who the kernel runs as,
-what it mounts beyond the request, which network it joins, its name and the labels others
-trust are not the member's to say: `launch.container_spec` adds them from the member's
-identity and the lab's rules. On the lab hub the request is what crosses the broker's socket,
-so its fields are exactly the fields the broker reviews (`hub/broker_policy.py`).
+The Jupyter server builds one from the kernelspec and its settings, and hands it to its
+engine (`spec.KernelEngine.launch`). Who the kernel runs as, what it mounts beyond the
+request, which network it joins, its name and the labels others trust are not the member's
+to say: `launch.container_spec` adds them from the member's identity and the lab's rules,
+once, where the container is made (`local_engine.LocalEngine` on a single user's engine, the
+broker's `op_launch` in the lab hub). On the lab hub the request is the only thing that
+crosses the broker's socket, so its fields are exactly the fields the broker reviews
+(`hub/broker_policy.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from typing import Any
 
 from .gpus import GpuRequest
 from .mounts import Mount
-from .spec import PORT_NAMES
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+"""The connection file's ports, one per ZeroMQ channel."""
 
 
 @dataclass
@@ -30,7 +35,9 @@ class LaunchRequest:
     working_dir: str | None = None
     """The folder to start in, as the container sees it (the notebook's); None: the home."""
     mounts: list[Mount] = field(default_factory=list)
-    """Mounts asked for on top of the lab's (the broker allows only its allowed_mounts)."""
+    """Mounts the member asks for. The launcher adds its own (`LabRules.lab_mounts`) in
+    `launch.container_spec`; the broker lets through only its allowed_mounts, and asking for
+    a lab mount read-only makes it so."""
     publish_ports: bool = False
     memory: int | None = None
     nano_cpus: int | None = None

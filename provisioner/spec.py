@@ -1,22 +1,24 @@
-"""The complete, engine-neutral description of one kernel container.
+"""The complete, engine-neutral description of one kernel container, and the engine contract.
 
-The provisioner builds a `KernelContainerSpec` from its configuration; an engine (the Docker
-SDK directly, or the lab's root-owned broker) turns it into a running container. The spec is
-plain data that round-trips through JSON, so the broker can check every field before acting.
+`launch.container_spec` makes a `KernelContainerSpec` from a member's `LaunchRequest`, her
+identity and the lab's rules; `engine.DockerEngine.launch_container` turns it into a running
+container. The provisioner never builds a spec itself: it hands its request to a
+`KernelEngine` (a single user's `local_engine.LocalEngine`, or the lab's `BrokerEngine`),
+which makes the spec where the container is made.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .gpus import GpuRequest
 from .identity import KernelIdentity
 from .mounts import Mount
+from .request import PORT_NAMES, LaunchRequest
 
 CONNECTION_DIR = "/run/labnotebook"
 CONNECTION_FILE = f"{CONNECTION_DIR}/kernel.json"
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
 @dataclass
@@ -53,37 +55,6 @@ class KernelContainerSpec:
     def ports(self) -> dict[str, int]:
         return {name: int(self.connection[name]) for name in PORT_NAMES}
 
-    def request_json(self) -> dict[str, Any]:
-        """The member's part of this spec (`request.LaunchRequest`'s fields), as JSON: what
-        the broker is sent; it derives the rest itself."""
-        from .request import LaunchRequest
-
-        data = self.to_json()
-        return {k: v for k, v in data.items() if k in LaunchRequest.field_names()}
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["identity"]["group_names"] = {str(k): v for k, v in self.identity.group_names.items()}
-        if isinstance(self.gpus, str):
-            data["gpus"] = self.gpus
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KernelContainerSpec:
-        data = dict(data)
-        ident = dict(data.pop("identity"))
-        ident["groups"] = tuple(int(g) for g in ident.get("groups", ()))
-        ident["group_names"] = {int(k): str(v) for k, v in ident.get("group_names", {}).items()}
-        gpus = data.pop("gpus", None)
-        if isinstance(gpus, dict):
-            gpus = GpuRequest(
-                count=int(gpus.get("count", 0)), device_ids=tuple(gpus.get("device_ids", ()))
-            )
-        elif gpus != "auto":
-            gpus = GpuRequest()
-        mounts = [Mount(**m) for m in data.pop("mounts", [])]
-        return cls(identity=KernelIdentity(**ident), gpus=gpus, mounts=mounts, **data)
-
 
 @dataclass(frozen=True)
 class LaunchedContainer:
@@ -114,15 +85,16 @@ class ContainerState:
 
 
 class KernelEngine(Protocol):
-    """What carries out specs: `engine.DockerEngine` (the Docker SDK, for a single user with
-    Docker access) or `broker_client.BrokerEngine` (the lab hub's root-owned broker). The
-    methods block; the provisioner calls them from a thread pool."""
+    """What carries out launch requests: `local_engine.LocalEngine` (the Docker SDK, for a
+    single user with Docker access) or `broker_client.BrokerEngine` (the lab hub's root-owned
+    broker). The methods block; the provisioner calls them from a thread pool."""
 
     def where(self) -> str:
         """Where the engine is, for messages."""
 
-    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
-        """Create, prepare and start the container; on failure leave nothing and raise."""
+    def launch(self, request: LaunchRequest) -> LaunchedContainer:
+        """Make the request's container (as whom, and under which rules, is the engine's to
+        decide), prepare and start it; on failure leave nothing and raise."""
 
     def state(self, container_id: str) -> ContainerState | None:
         """The container's state, or None once it is gone."""

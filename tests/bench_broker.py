@@ -56,9 +56,10 @@ def measure(
         agent = UserAgent(account.pw_uid)
 
         def via_engine() -> float:
-            spec = policy.admit(Peer(agent.pid, account.pw_uid, account.pw_gid), request())
+            peer = Peer(agent.pid, account.pw_uid, account.pw_gid)
+            spec = policy.container_for(peer, policy.admit(peer, request()))
             started = time.perf_counter()
-            container = engine.launch(spec)
+            container = engine.launch_container(spec)
             elapsed = (time.perf_counter() - started) * 1000
             launched.append(container.container_id)
             return elapsed

@@ -33,8 +33,8 @@ from typing import Any
 from labnotebook.provisioner.broker_protocol import ERROR_CLASSES, error_from_response
 from labnotebook.provisioner.identity import KernelIdentity
 from labnotebook.provisioner.launch import LabRules, container_spec
-from labnotebook.provisioner.request import LaunchRequest
-from labnotebook.provisioner.spec import PORT_NAMES, KernelContainerSpec
+from labnotebook.provisioner.request import PORT_NAMES, LaunchRequest
+from labnotebook.provisioner.spec import KernelContainerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_IMAGE = os.environ.get("LABNOTEBOOK_KERNEL_IMAGE", "labnotebook/kernel-python:latest")
@@ -259,10 +259,15 @@ def kernel_spec(
     return request
 
 
+def launch_request(**request_fields: Any) -> LaunchRequest:
+    """`kernel_spec`'s request as the provisioner hands it to its engine."""
+    return LaunchRequest.from_json(kernel_spec(**request_fields))
+
+
 def full_spec(**request_fields: Any) -> KernelContainerSpec:
-    """A whole container description from `kernel_spec`'s request, as root (for clients that
-    send a spec: the broker takes the request part of it)."""
-    request = LaunchRequest.from_json(kernel_spec(**request_fields))
+    """A whole container description from `kernel_spec`'s request, as root (what a launcher
+    hands `DockerEngine.launch_container`)."""
+    request = launch_request(**request_fields)
     root = KernelIdentity("root", 0, 0, "/root", (0,), {0: "root"})
     return container_spec(request, root, LabRules(network="labnotebook", allow_root=True))
 
@@ -315,15 +320,15 @@ def scenario_raw(sock: str, lines: list[str]) -> list[Any]:
 
 
 def scenario_engine(sock: str, method: str, args: list[Any]) -> Any:
-    """Call one BrokerEngine method; a spec argument is passed as its JSON."""
+    """Call one BrokerEngine method; a launch request is passed as its JSON."""
     engine = _engine(sock)
     if method == "launch":
-        args = [KernelContainerSpec.from_json(args[0])]
+        args = [LaunchRequest.from_json(args[0])]
     return _plain(getattr(engine, method)(*args))
 
 
 def scenario_launch_json(sock: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Launch a raw spec JSON (may hold fields KernelContainerSpec does not know)."""
+    """Launch a raw request JSON (may hold fields LaunchRequest does not know)."""
     started = time.perf_counter()
     response = _engine(sock).request("launch", {"spec": spec})
     return {

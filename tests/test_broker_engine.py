@@ -35,8 +35,8 @@ from .broker_fixtures import (
     UserAgent,
     create_account,
     delete_account,
-    full_spec,
     kernel_spec,
+    launch_request,
 )
 from .conftest import KERNEL_IMAGE, REQUIRE_DOCKER, SESSION, SESSION_LABEL, TEST_NETWORK
 
@@ -241,7 +241,7 @@ def test_forged_identity_and_labels_are_ignored_and_no_privileges_given(
 
 @pytest.mark.docker
 def test_root_gets_no_kernel_from_the_broker(lab: Lab, docker_client: docker.DockerClient) -> None:
-    spec = full_spec(labels={SESSION_LABEL: SESSION})
+    spec = launch_request(labels={SESSION_LABEL: SESSION})
     with pytest.raises(PermissionRefused, match="does not start kernels for root"):
         BrokerEngine(lab.broker.socket).launch(spec)
     assert no_container_for(docker_client, spec.kernel_id)

@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-from labnotebook.hub.broker_policy import REVIEWED_FIELDS, Peer
+from labnotebook.hub.broker_policy import REVIEWED_FIELDS, LaunchPolicy, Peer
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.engine import DockerEngine
 from labnotebook.provisioner.errors import (
@@ -25,6 +25,7 @@ from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
 from labnotebook.provisioner.mounts import Mount
 from labnotebook.provisioner.request import LaunchRequest
+from labnotebook.provisioner.spec import KernelContainerSpec
 
 from .broker_fixtures import (
     full_spec,
@@ -33,6 +34,11 @@ from .broker_fixtures import (
 from .broker_helpers import NOBODY, make_policy, needs_nobody, user_peer
 
 # == the launch policy ========================================================================
+
+
+def container(policy: LaunchPolicy, peer: Peer, request: dict[str, Any]) -> KernelContainerSpec:
+    """What the broker's op_launch makes of `request`: admitted, then one container spec."""
+    return policy.container_for(peer, policy.admit(peer, request))
 
 
 def test_every_request_field_is_reviewed() -> None:
@@ -94,7 +100,7 @@ def test_docker_engine_never_asks_for_privileges() -> None:
 def test_identity_name_labels_and_network_come_from_the_broker() -> None:
     request = kernel_spec(labels={"team": "ml", "traefik.enable": "true"})
     request["env"] = {"HOME": "/root", "USER": "root", "MPLBACKEND": "agg"}
-    spec = make_policy(network="labnet", allowed_labels=["team"]).admit(user_peer(), request)
+    spec = container(make_policy(network="labnet", allowed_labels=["team"]), user_peer(), request)
     assert NOBODY is not None
     assert (spec.identity.uid, spec.identity.gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
     assert spec.identity.username == "nobody" and spec.allow_root is False
@@ -115,11 +121,11 @@ def test_root_and_system_accounts_are_refused() -> None:
     daemon = pwd.getpwnam("daemon")
     with pytest.raises(PermissionRefused, match=r"UID \d+ \(daemon\) is a system account"):
         make_policy().admit(Peer(1, daemon.pw_uid, daemon.pw_gid), kernel_spec())
-    assert make_policy(min_uid=1).admit(Peer(1, daemon.pw_uid, 1), kernel_spec()).identity.uid
+    assert container(make_policy(min_uid=1), Peer(1, daemon.pw_uid, 1), kernel_spec()).identity.uid
     root = Peer(os.getpid(), 0, 0)
     with pytest.raises(PermissionRefused, match="does not start kernels for root"):
         make_policy().admit(root, kernel_spec())
-    spec = make_policy(allow_root=True).admit(root, kernel_spec())
+    spec = container(make_policy(allow_root=True), root, kernel_spec())
     assert spec.identity.uid == 0 and spec.allow_root is True
 
 
@@ -131,7 +137,7 @@ def test_mounts_are_the_labs_plus_the_allowed_ones_only() -> None:
     )
 
     def mounts(*requested: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        spec = policy.admit(user_peer(), kernel_spec(mounts=list(requested)))
+        spec = container(policy, user_peer(), kernel_spec(mounts=list(requested)))
         return [(m.source, m.target, m.read_only) for m in spec.mounts]
 
     assert mounts() == [("homes", "/home", False)]
@@ -181,7 +187,7 @@ def test_working_dir_inside_a_mount_is_entered_by_the_kernel_as_the_user() -> No
         request = kernel_spec(working_dir=requested)
         if requested is None:
             del request["working_dir"]
-        spec = root_policy.admit(Peer(1, 0, 0), request)
+        spec = container(root_policy, Peer(1, 0, 0), request)
         assert spec.working_dir == docker_dir, requested
         if entered is None:
             assert spec.argv == ["sleep", "infinity"]

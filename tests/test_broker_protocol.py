@@ -36,7 +36,7 @@ from traitlets.config import Config
 from .broker_fixtures import (
     REPO,
     BrokerProcess,
-    full_spec,
+    launch_request,
 )
 
 # == protocol and client against an in-process broker (no Docker) ===========================
@@ -62,7 +62,7 @@ class FakeEngine:
                                          "Labels": labels, "running": True, "ip": ip}  # fmt: skip
         return container_id
 
-    def launch(self, spec: KernelContainerSpec) -> LaunchedContainer:
+    def launch_container(self, spec: KernelContainerSpec) -> LaunchedContainer:
         if spec.argv[0] == "die":
             raise KernelDiedDuringStart("The kernel died (exit code 3).", exit_code=3, logs="boom")
         time.sleep(float(spec.env.get("FAKE_DELAY", 0)))
@@ -175,7 +175,7 @@ async def test_client_speaks_for_this_process_and_maps_errors(fake_broker: InPro
     hello = await asyncio.to_thread(client.hello)
     assert hello["peer"]["uid"] == os.getuid() and hello["peer"]["pid"] == os.getpid()
 
-    spec = full_spec()
+    spec = launch_request()
     launched = await asyncio.to_thread(client.launch, spec)
     # The broker gives the kernel its address itself (see hub/addresses.py).
     assert isinstance(launched, LaunchedContainer) and launched.ip.startswith("10.9.8.")
@@ -194,12 +194,12 @@ async def test_client_speaks_for_this_process_and_maps_errors(fake_broker: InPro
     assert await asyncio.to_thread(client.state, launched.container_id) is None
     assert await asyncio.to_thread(client.logs, "gone-container") == ""
 
-    died = full_spec(argv=["die"])
+    died = launch_request(argv=["die"])
     with pytest.raises(KernelDiedDuringStart, match="exit code 3") as caught:
         await asyncio.to_thread(client.launch, died)
     assert (caught.value.exit_code, caught.value.logs) == (3, "boom")
     with pytest.raises(PermissionRefused, match="not one of this lab's kernel images"):
-        await asyncio.to_thread(client.launch, full_spec(image="alpine"))
+        await asyncio.to_thread(client.launch, launch_request(image="alpine"))
     # Sequential calls, failures included, went over one reused connection.
     assert len(client._idle) == 1
 
@@ -224,7 +224,7 @@ async def test_foreign_and_non_kernel_containers_are_refused(
 
 async def test_concurrent_calls_from_threads(fake_broker: InProcessBroker) -> None:
     client = BrokerEngine(fake_broker.socket, broker_uid=None)
-    specs = [full_spec(env={"FAKE_DELAY": "0.3"}) for _ in range(10)]
+    specs = [launch_request(env={"FAKE_DELAY": "0.3"}) for _ in range(10)]
     started = time.perf_counter()
     launched = await asyncio.gather(*(asyncio.to_thread(client.launch, s) for s in specs))
     elapsed = time.perf_counter() - started
@@ -237,7 +237,7 @@ async def test_kernels_per_user_are_capped(tmp_path: Path) -> None:
     running = await start_in_process(tmp_path / "b", max_kernels_per_user=3)
     client = BrokerEngine(running.socket, broker_uid=None)
     try:
-        specs = [full_spec(env={"FAKE_DELAY": "0.2"})
+        specs = [launch_request(env={"FAKE_DELAY": "0.2"})
                  for _ in range(5)]  # fmt: skip
         outcomes = await asyncio.gather(
             *(asyncio.to_thread(client.launch, s) for s in specs), return_exceptions=True

@@ -7,6 +7,7 @@ from jupyter_client.kernelspec import KernelSpec
 from labnotebook.provisioner import DockerKernelProvisioner
 from labnotebook.provisioner.engine import DockerEngine
 from labnotebook.provisioner.gpus import GpuRequest, engine_has_gpus, resolve_gpus
+from labnotebook.provisioner.launch import LabRules, container_spec
 
 from .conftest import KERNEL_IMAGE, SESSION, SESSION_LABEL, TEST_IDENTITY, TEST_NETWORK
 
@@ -29,13 +30,15 @@ async def created_device_requests(gpus: object) -> list | None:
         labels={SESSION_LABEL: SESSION},
         **TEST_IDENTITY,
     )
-    container_spec = (await provisioner.pre_launch())["spec"]
+    request = (await provisioner.pre_launch())["request"]
+    rules = LabRules(network=TEST_NETWORK)
+    spec = container_spec(request, provisioner.identity(), rules)
     engine = DockerEngine.shared()
     engine._ensure_network(TEST_NETWORK)
-    request = container_spec.gpus
-    if not isinstance(request, GpuRequest):
-        request = resolve_gpus(request, engine.info())
-    container_id = engine._create(container_spec, request)
+    gpus = spec.gpus
+    if not isinstance(gpus, GpuRequest):
+        gpus = resolve_gpus(gpus, engine.info())
+    container_id = engine._create(spec, gpus)
     try:
         return engine.api.inspect_container(container_id)["HostConfig"]["DeviceRequests"]
     finally:

@@ -129,22 +129,20 @@ ESCAPE = textwrap.dedent(
     """
     import json, sys
     from labnotebook.provisioner.broker_client import BrokerEngine
-    from labnotebook.provisioner.identity import KernelIdentity
-    from labnotebook.provisioner.spec import KernelContainerSpec, PORT_NAMES
+    from labnotebook.provisioner.request import LaunchRequest, PORT_NAMES
 
     engine = BrokerEngine("/run/labnotebook/broker.sock")
     found = {}
     for n, path in enumerate(sys.argv[1:]):
-        spec = KernelContainerSpec(
+        request = LaunchRequest(
             kernel_id=f"escape-{n}", kernel_name="escape",
             image="labnotebook/kernel-python:latest",
             argv=["python3", "-c", "import os; print('CWD', os.getcwd()); print(os.listdir('.'))"],
             connection={"key": "k", **{p: 41000 + i for i, p in enumerate(PORT_NAMES)}},
-            identity=KernelIdentity.build(username="alice", uid=0, gid=0, home="/home/alice"),
-            working_dir=path, network="labnotebook",
+            working_dir=path,
         )
         try:
-            launched = engine.launch(spec)
+            launched = engine.launch(request)
         except Exception as e:
             found[path] = f"REFUSED {e}"
             continue
