@@ -2,20 +2,28 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 BASE_IMAGE ?= labnotebook/base:bookworm
-KERNEL_IMAGE ?= labnotebook/kernel-python:latest
 # Sample kernels (README: "Sample kernels"): R, CUDA Python, and MATLAB from an admin's recipe.
 KERNEL_R_IMAGE ?= labnotebook/kernel-r:latest
 KERNEL_GPU_IMAGE ?= labnotebook/kernel-gpu:latest
 KERNEL_MATLAB_IMAGE ?= labnotebook/kernel-matlab:latest
-HUB_IMAGE ?= labnotebook/hub:latest
 # A CA bundle to trust inside image builds (TLS-inspecting proxies); empty: none.
 EXTRA_CA_CERT ?=
 export EXTRA_CA_CERT
 
 .DEFAULT_GOAL := help
+
+# Every `make up` setting and its default are declared once, in hub/settings_schema.py (stdlib
+# Python, so this works before anything is installed). build/settings.mk, generated from it,
+# gives make the settings' names (HUB_SETTINGS) and the defaults of the images it builds
+# (KERNEL_IMAGE, HUB_IMAGE); hub/lab.sh applies the others.
+include build/settings.mk
+build/settings.mk: hub/settings_schema.py provisioner/defaults.py
+	@mkdir -p $(@D)
+	@$(PYTHON) hub/settings_schema.py make >$@.$$$$ && mv $@.$$$$ $@
+
 include hub/hub.mk
 
-.PHONY: help install images base-image kernel-image kernelspec test test-fast lint bench \
+.PHONY: help install images base-image kernel-image kernelspec test test-fast lint docs bench \
 	clean-kernels lock audit
 
 help:
@@ -30,6 +38,7 @@ help:
 	@echo "make kernel-matlab LICENSE_SERVER=PORT@HOST  build the MATLAB kernel (see its README)"
 	@echo "make bench       kernel start/shutdown vs the Docker SDK floor, broker and hub figures"
 	@echo "make lint        ruff"
+	@echo "make docs        regenerate docs/settings.md, the reference of every setting"
 	@echo "make lock        re-resolve the hub image's exact dependency versions"
 	@echo "make audit       ask PyPI's advisory data about the locked versions (needs network)"
 
@@ -94,6 +103,10 @@ kernel-matlab: base-image
 lint:
 	ruff check provisioner hub tests
 	ruff format --check provisioner hub tests
+
+# The settings' reference, from the schema; tests/test_settings_schema.py keeps them equal.
+docs:
+	$(PYTHON) hub/settings_schema.py markdown >docs/settings.md
 
 # The hub image too: exports take their runner's wheels from it (offline), and the hub tests'
 # own build of it reuses its layers.

@@ -32,22 +32,21 @@ from typing import Any
 
 import docker.errors
 from labnotebook.provisioner import member_images as M
+from labnotebook.provisioner.build_container import BuildFailed, BuildLimits, BuildLog
 from labnotebook.provisioner.build_context import Conventions, too_large
 from labnotebook.provisioner.builds import (
-    BuildFailed,
-    BuildLimits,
-    BuildLog,
     build_conventions,
     build_dockerfile,
     dockerfile_images,
-    human,
     quota_message,
 )
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.sizes import human_bytes
 
 from .broker_jobs import CHUNK, Job, JobService
 from .broker_policy import LaunchPolicy, Peer
 from .build_policy import BuildPolicy
+from .build_slots import BuildSlots
 
 
 @dataclass(kw_only=True)
@@ -99,6 +98,8 @@ class ImageService(JobService[BuildJob]):
         self.engine = engine
         self.launch = launch
         self.policy = policy
+        self.slots = BuildSlots(lambda: self.policy.max_builds)
+        """The lab's build slots, shared with exports (hub/broker_exports.py)."""
 
     @property
     def api(self) -> Any:
@@ -162,27 +163,32 @@ class ImageService(JobService[BuildJob]):
             raise PermissionRefused(too_large(self.sent, self.policy.context_bytes))
         base_details = self.base_for(peer, base or self.policy.default_base)
         images = self.check_quota(peer.uid)
+        job = BuildJob(
+            uid=peer.uid,
+            username=identity.username,
+            name=name,
+            base=base_details,
+            images=images,
+            size=size,
+            file=tempfile.TemporaryFile(prefix="labnotebook-build-"),  # noqa: SIM115
+            log=BuildLog(limit=self.policy.log_bytes),
+        )
         with self._lock:
             self._forget_finished()
-            self.check_slots(
-                peer.uid,
-                busy="You already have a kernel build running ({name!r}): one build per member "
-                "at a time. Wait for it to finish, or stop it (Ctrl-C where it runs).",
-                full="The lab is running {count} kernel builds already, the most at once "
-                "(BuildPolicy.max_builds). Try again in a few minutes.",
-            )
+            try:
+                self.slots.reserve(
+                    job,
+                    busy="You already have a kernel build running ({name!r}): one build per "
+                    "member at a time. Wait for it to finish, or stop it (Ctrl-C where it runs).",
+                    full="The lab is running {count} kernel builds already, the most at once "
+                    "(BuildPolicy.max_builds). Try again in a few minutes.",
+                )
+            except PermissionRefused:
+                job.file.close()
+                raise
+            # The member's earlier builds are let go: a new build is what they follow now.
             for stale in [j for j in self._jobs.values() if j.uid == peer.uid]:
                 self._drop(stale)
-            job = BuildJob(
-                uid=peer.uid,
-                username=identity.username,
-                name=name,
-                base=base_details,
-                images=images,
-                size=size,
-                file=tempfile.TemporaryFile(prefix="labnotebook-build-"),  # noqa: SIM115
-                log=BuildLog(limit=self.policy.log_bytes),
-            )
             self._jobs[job.id] = job
         return {"build": job.id, "chunk": CHUNK}
 
@@ -196,22 +202,11 @@ class ImageService(JobService[BuildJob]):
             used = M.used_bytes(images)
             if used >= quota:
                 raise PermissionRefused(
-                    f"Your images already use {human(used)} of your {human(quota)} quota. "
-                    "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook "
-                    "kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
+                    f"Your images already use {human_bytes(used)} of your {human_bytes(quota)} "
+                    "quota. Remove versions you no longer need (`labnotebook kernel ls`, "
+                    "`labnotebook kernel rm NAME:vN`), or ask the lab's admin for a larger quota."
                 )
         return images
-
-    def check_slots(self, uid: int, *, busy: str, full: str) -> None:
-        """Under self._lock: refuse a new build or export while the member has one going, or
-        the lab runs BuildPolicy.max_builds (exports count by a placeholder job here). `busy`
-        names the member's job ({name!r}); `full` counts the lab's ({count})."""
-        mine = [j for j in self._jobs.values() if j.uid == uid and j.active]
-        if mine:
-            raise PermissionRefused(busy.format(name=mine[0].name))
-        running = [j for j in self._jobs.values() if j.active]
-        if len(running) >= self.policy.max_builds:
-            raise PermissionRefused(full.format(count=len(running)))
 
     @property
     def upload_limit(self) -> int:
@@ -219,6 +214,10 @@ class ImageService(JobService[BuildJob]):
 
     def _ended(self, job: BuildJob) -> None:
         self._save_log(job)
+
+    def _forget(self, job: BuildJob) -> None:
+        super()._forget(job)
+        self.slots.release(job)
 
     def _build(self, job: BuildJob) -> dict[str, Any]:
         peer = Peer(0, job.uid, 0)

@@ -22,12 +22,13 @@ What the broker trusts from the member is data, never instructions or paths it o
   must be an image the member may launch (a lab image by one of its tags, their own, or a
   published one): the export starts `FROM` exactly that ID;
 * the runner (reproduce.py and the wheels of nbclient and JupyterLab) comes from the hub's own
-  installation, never from the member; the steps that install it are generated here
-  (export.setup_script) and run - like convention builds - in a bounded container from the
-  recorded image (no network, dropped capabilities, no-new-privileges, memory and process
-  limits, the lab's time limit), which is then committed with the export's command, user and
-  labels. Not the engine's Dockerfile builder: it would run those steps with Docker's default
-  capabilities and no process limit on an image the member may have made.
+  installation, never from the member; the steps that install it are the export recipe's
+  (provisioner/export_recipe.py: setup_script) and run - like convention builds - in a bounded
+  build container from the recorded image (provisioner/build_container.py: no network,
+  dropped capabilities, no-new-privileges, memory and process limits, the lab's time limit),
+  which is then committed with the export's command, user and labels. Not the engine's
+  Dockerfile builder: it would run those steps with Docker's default capabilities and no
+  process limit on an image the member may have made.
 
 `export_check` runs the new image's own check (re-run the notebook, compare) in a container
 like a kernel's - the image's non-root user, no network, no capabilities, the build's memory,
@@ -35,7 +36,8 @@ process and time limits - so a member who has no engine sees it reproduce before
 
 The image is a member image like a kernel build's: `labnotebook-user/<member>/<NAME>:v<N>`,
 with the owner labels, under the member's quota, one build or export per member at a time
-(the slot is shared with kernel builds) and at most `BuildPolicy.max_builds` lab-wide. The
+and at most `BuildPolicy.max_builds` lab-wide (the slots are shared with kernel builds:
+hub/build_slots.py). The
 archive (`--archive`) is streamed back to the member's process, which writes it: the broker
 never writes into homes.
 """
@@ -50,7 +52,6 @@ import io
 import json
 import os
 import pwd
-import re
 import tarfile
 import tempfile
 import threading
@@ -61,34 +62,26 @@ from pathlib import Path
 from typing import IO, Any
 
 import docker.errors
-from docker.types import LogConfig
-from labnotebook.provisioner import export as X
+from labnotebook.provisioner import export_recipe as X
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner import member_images as M
+from labnotebook.provisioner.build_container import BuildLog
 from labnotebook.provisioner.build_context import too_large
-from labnotebook.provisioner.builds import (
-    BUILD_CAPABILITIES,
-    BuildFailed,
-    BuildLimits,
-    BuildLog,
-    _follow,
-    _tar_dir,
-    _wait,
-    human,
-)
+from labnotebook.provisioner.builds import quota_message
 from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
+from labnotebook.provisioner.export_recipe import check_record
 from labnotebook.provisioner.record import record_of
+from labnotebook.provisioner.sizes import human_bytes
 from traitlets import Int, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .broker_builds import BuildJob, ImageService
+from .broker_arguments import arguments
+from .broker_builds import ImageService
 from .broker_jobs import CHUNK, Job, JobService
 from .broker_policy import Peer
 
 SAVE_CHUNK = 4 << 20
 """Image bytes per export_save answer: base64 of it stays well under an answer's limit."""
-_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_EXPORT_ROLE = "export"
 
 
 class ExportPolicy(LoggingConfigurable):
@@ -114,14 +107,13 @@ class ExportJob(Job):
     home: str
     image_id: str
     notebook: str
-    slot: BuildJob
-    """The placeholder in the ImageService's jobs: one build or export per member. The export
-    shares its `cancel`, and keeps its state and time, so the ImageService counts it."""
     save: Iterator[bytes] | None = None
     save_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def touch(self) -> None:
-        self.touched = self.slot.touched = time.monotonic()
+    @property
+    def slot_label(self) -> str:
+        """How the export is named where a build is refused for it."""
+        return f"export {self.name}"
 
 
 class ExportService(JobService[ExportJob]):
@@ -145,7 +137,7 @@ class ExportService(JobService[ExportJob]):
 
     def base(self, peer: Peer, image: str) -> dict[str, Any] | None:
         """The recorded image if the member may start from it; None if it is gone."""
-        if not isinstance(image, str) or not _IMAGE_ID.match(image):
+        if not isinstance(image, str) or not X.IMAGE_ID.match(image):
             raise KernelConfigError(
                 f"{image!r} is not an image ID (sha256:64 hex digits): the notebook's record "
                 "is damaged. Re-run the notebook on a lab kernel and save it."
@@ -193,69 +185,46 @@ class ExportService(JobService[ExportJob]):
                 "The lab's hub has no wheelhouse for exports (ExportPolicy.wheelhouse "
                 f"{wheelhouse}); ask the lab's admin to rebuild the hub image."
             )
-        images = self.images
-        images.check_quota(peer.uid)
-        # One build or export per member, shared with kernel builds: a placeholder job in the
-        # ImageService's table (under its lock) that its own checks count. Its ID is never
-        # told to anyone, so no build operation can act on it.
-        with images._lock:
-            images._forget_finished()
-            with self._lock:
-                self._forget_finished()
-            images.check_slots(
-                peer.uid,
+        self.images.check_quota(peer.uid)
+        job = ExportJob(
+            uid=peer.uid,
+            username=identity.username,
+            home=home,
+            name=name,
+            image_id=image,
+            notebook=notebook,
+            size=size,
+            file=tempfile.TemporaryFile(prefix="labnotebook-export-"),  # noqa: SIM115
+            log=BuildLog(limit=build_policy.log_bytes),
+        )
+        with self._lock:
+            self._forget_finished()
+        # One build or export per member: the slots are shared with kernel builds.
+        try:
+            self.images.slots.reserve(
+                job,
+                label=job.slot_label,
                 busy="You already have a build or export running ({name!r}): one per member at "
                 "a time. Wait for it to finish, or stop it (Ctrl-C where it runs).",
                 full="The lab is running {count} image builds already, the most at once "
                 "(BuildPolicy.max_builds). Try again in a few minutes.",
             )
-            slot = BuildJob(
-                uid=peer.uid,
-                username=identity.username,
-                name=f"export {name}",
-                base={},
-                size=0,
-                file=io.BytesIO(),
-                log=BuildLog(limit=1),
-            )
-            images._jobs[slot.id] = slot
-            job = ExportJob(
-                uid=peer.uid,
-                username=identity.username,
-                home=home,
-                name=name,
-                image_id=image,
-                notebook=notebook,
-                size=size,
-                file=tempfile.TemporaryFile(prefix="labnotebook-export-"),  # noqa: SIM115
-                log=BuildLog(limit=build_policy.log_bytes),
-                slot=slot,
-                cancel=slot.cancel,
-            )
-            with self._lock:
-                self._jobs[job.id] = job
+        except PermissionRefused:
+            job.file.close()
+            raise
+        with self._lock:
+            self._jobs[job.id] = job
         return {"export": job.id, "chunk": CHUNK}
 
     @property
     def upload_limit(self) -> int:
         return self.images.policy.context_bytes
 
-    def _start(self, job: ExportJob) -> None:
-        """The slot runs with the export: it is the member's one job now."""
-        job.slot.state = "running"
-        super()._start(job)
-
-    def _ended(self, job: ExportJob) -> None:
-        """The slot ends with the export, so the member may start another."""
-        job.slot.state = job.state
-
     def _forget(self, job: ExportJob) -> None:
-        """Also let go of the `docker save` stream, and free the member's slot."""
+        """Also let go of the `docker save` stream, and of the member's slot."""
         super()._forget(job)
         self._close_save(job)
-        if job.slot.state in ("upload", "running"):
-            job.slot.state = "failed"
-        job.slot.touched = time.monotonic()
+        self.images.slots.release(job)
 
     @staticmethod
     def _close_save(job: ExportJob) -> None:
@@ -291,19 +260,16 @@ class ExportService(JobService[ExportJob]):
         job = self._job(peer, export)
         if job.state != "done" or job.result is None:
             raise KernelConfigError("This export has no image to check (it did not finish).")
-        images = self.images
-        with images._lock:
-            busy = [
-                j
-                for j in images._jobs.values()
-                if j.uid == peer.uid and j.active and j is not job.slot
-            ]
-            if busy:
-                raise PermissionRefused(
-                    f"You have a build or export running ({busy[0].name!r}): one per member "
-                    "at a time. Check when it has finished."
-                )
-            job.state = job.slot.state = "running"
+        # The check takes the member's slot again (its own, not the export's old one: a
+        # build begun since has not cancelled it), running from now on.
+        self.images.slots.reserve(
+            job,
+            label=job.slot_label,
+            busy="You have a build or export running ({name!r}): one per member at a time. "
+            "Check when it has finished.",
+            full=None,
+            running=True,
+        )
         job.result.pop("check_exit", None)
         _, following = job.log.since(0)
         threading.Thread(
@@ -317,17 +283,15 @@ class ExportService(JobService[ExportJob]):
         limits = self.images.policy.limits(None)
         reference = f"{job.result['repository']}:{job.result['tag']}"
         job.log.add(f"==> Checking {reference}: re-running the notebook with no network")
-        container = None
         try:
-            host_config = _bounded(api, limits)
-            # The image's own user (the export's, UID 1000) and command: what a reader runs.
-            container = api.create_container(
+            code = X.check_image(
+                api,
                 reference,
-                labels={L.ROLE: M.BUILD_ROLE, L.OWNER: job.username, L.OWNER_UID: str(job.uid)},
-                host_config=host_config,
-                detach=True,
-            )["Id"]
-            code = _run_logged(api, container, job, limits)
+                labels=_container_labels(job),
+                limits=limits,
+                log=job.log,
+                cancel=job.cancel,
+            )
             job.result["check_exit"] = code
             job.log.add(
                 "==> Reproduced: every required output matches"
@@ -344,11 +308,8 @@ class ExportService(JobService[ExportJob]):
                 f"The kernel broker failed during the check ({type(e).__name__})."
             )
         finally:
-            if container is not None:
-                with contextlib.suppress(docker.errors.NotFound):
-                    api.remove_container(container, force=True, v=True)
-            job.state = job.slot.state = "done" if job.error is None else "failed"
-            job.touched = job.slot.touched = time.monotonic()
+            job.state = "done" if job.error is None else "failed"
+            job.touched = time.monotonic()
 
     # -- the build ---------------------------------------------------------------------------
 
@@ -365,14 +326,26 @@ class ExportService(JobService[ExportJob]):
             plan.name = new.reference
             labels = {**self.images.labels(job, new, digest, base), **X.export_labels(plan)}
             limits = self.images.policy.limits(new.room)
-            # The runner installs from local wheels: no network, whatever builds use.
-            limits.network = "none"
             job.log.add(
                 f"==> Building {new.reference} FROM {base['Id'][:19]} "
                 f"({', '.join((base.get('RepoTags') or [])[:1]) or 'untagged'})"
             )
             files.seek(0)
-            image_id = self._container_build(job, base, plan, files, labels, limits)
+            # The runner installs from the hub's wheels: no network, whatever builds use.
+            image_id = X.build_image(
+                self.api,
+                base=base,
+                plan=plan,
+                wheelhouse=Path(self.policy.wheelhouse),
+                files=files,
+                labels=labels,
+                container_labels=_container_labels(job),
+                limits=limits,
+                log=job.log,
+                author=job.username,
+                cancel=job.cancel,
+                over_room=lambda written: quota_message(written, limits),
+            )
         built = self.images.keep(job, new, image_id, limits)
         return {
             "image": built.id,
@@ -385,16 +358,15 @@ class ExportService(JobService[ExportJob]):
         }
 
     def _plan(self, job: ExportJob, out: IO[bytes]) -> tuple[X.ExportPlan, str]:
-        """The member's tar, checked, re-packed into `out` for the image (owner UID 1000,
-        plain modes, the folders below the top one too); the plan and a digest of it."""
+        """The member's tar, checked, re-packed into `out` for the image (X.ImageFiles: owner
+        UID 1000, plain modes, the folders below the top one too); the plan and a digest."""
         items: list[X.Item] = []
         record: dict[str, Any] | None = None
         digest = hashlib.sha256()
-        folders: set[str] = set()
         job.file.seek(0)
         with (
             tarfile.open(fileobj=job.file, mode="r:") as tar,
-            tarfile.open(fileobj=out, mode="w") as packed,
+            X.ImageFiles(out) as packed,
         ):
             for member in tar:
                 target = check_target("/" + member.name, job.home)
@@ -409,7 +381,7 @@ class ExportService(JobService[ExportJob]):
                 if target == job.notebook:
                     if member.size > self.policy.max_notebook:
                         raise PermissionRefused(
-                            f"The notebook is larger than {human(self.policy.max_notebook)}."
+                            f"The notebook is larger than {human_bytes(self.policy.max_notebook)}."
                         )
                     content = extracted.read()
                     try:
@@ -420,21 +392,7 @@ class ExportService(JobService[ExportJob]):
                     if record is not None:
                         check_record(record)
                     extracted = io.BytesIO(content)
-                # Folders below the top one belong to the export's user, as the Dockerfile's
-                # COPY --chown makes them (the top one, /home, stays the image's).
-                parts = target.strip("/").split("/")
-                for depth in range(2, len(parts)):
-                    folder = "/".join(parts[:depth])
-                    if folder not in folders:
-                        folders.add(folder)
-                        info = tarfile.TarInfo(folder)
-                        info.type, info.mode = tarfile.DIRTYPE, 0o755
-                        info.uid = info.gid = X.EXPORT_UID
-                        packed.addfile(info)
-                info = tarfile.TarInfo(target.lstrip("/"))
-                info.size, info.mode, info.mtime = member.size, 0o644, member.mtime
-                info.uid = info.gid = X.EXPORT_UID
-                packed.addfile(info, _Hashing(extracted, digest))
+                packed.add(target, member.size, member.mtime, _Hashing(extracted, digest))
                 digest.update(target.encode() + b"\0")
                 items.append(X.Item(source=target, target=target, size=member.size))
         notebook_item = next((i for i in items if i.target == job.notebook), None)
@@ -459,86 +417,10 @@ class ExportService(JobService[ExportJob]):
         )
         return plan, "sha256:" + digest.hexdigest()
 
-    def _container_build(
-        self,
-        job: ExportJob,
-        base: dict[str, Any],
-        plan: X.ExportPlan,
-        files: IO[bytes],
-        labels: dict[str, str],
-        limits: BuildLimits,
-    ) -> str:
-        """Like builds.build_conventions: the generated setup script in a bounded container
-        from the recorded image, committed with the export's configuration."""
-        api = self.api
-        host_config = _bounded(api, limits, cap_add=BUILD_CAPABILITIES)
-        container = api.create_container(
-            base["Id"],
-            entrypoint=["/bin/sh", "-c"],
-            command=[X.setup_script(plan)],
-            user="0:0",
-            labels={L.ROLE: M.BUILD_ROLE, L.OWNER: job.username, L.OWNER_UID: str(job.uid)},
-            host_config=host_config,
-            detach=True,
-        )["Id"]
-        try:
-            with tempfile.TemporaryFile(prefix="labnotebook-export-tools-") as tools:
-                X.tools_tar(Path(self.policy.wheelhouse), tools)
-                tools.seek(0)
-                api.put_archive(container, "/", _tar_dir(X.TOOLS_DIR.lstrip("/")))
-                api.put_archive(container, X.TOOLS_DIR, tools)
-            api.put_archive(container, "/", files)
-            exit_code = _run_logged(api, container, job, limits)
-            if exit_code != 0:
-                raise BuildFailed(
-                    f"Installing the runner on the recorded image failed (exit code "
-                    f"{exit_code}); its last lines:\n{job.log.tail()}\nThe image needs python3 "
-                    "with venv; ask the lab's admin if it is a lab image."
-                )
-            conf = X.image_config(plan)
-            conf["Labels"] = {**((base.get("Config") or {}).get("Labels") or {}), **labels}
-            repository, _, tag = plan.name.rpartition(":")
-            committed = api.commit(
-                container,
-                repository=repository,
-                tag=tag,
-                message=f"labnotebook export of {plan.notebook.target}",
-                author=job.username,
-                conf=conf,
-            )
-            return str(committed["Id"])
-        finally:
-            with contextlib.suppress(docker.errors.NotFound):
-                api.remove_container(container, force=True, v=True)
 
-
-def _bounded(api: Any, limits: BuildLimits, **more: Any) -> dict[str, Any]:
-    """The host config of a container the broker runs on a member's image (the export's
-    setup, its check): the build's limits, no network, no capabilities but `more`'s."""
-    return api.create_host_config(
-        mem_limit=limits.memory,
-        memswap_limit=limits.memory,
-        nano_cpus=limits.nano_cpus,
-        pids_limit=limits.pids,
-        network_mode="none",
-        security_opt=["no-new-privileges:true"],
-        cap_drop=["ALL"],
-        init=True,
-        log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
-        **more,
-    )
-
-
-def _run_logged(api: Any, container: str, job: ExportJob, limits: BuildLimits) -> int:
-    """Start `container` and wait for its exit code (or the time limit, or a cancel), its
-    output going to the job's log as it comes."""
-    api.start(container)
-    follower = threading.Thread(target=_follow, args=(api, container, job.log))
-    follower.daemon = True
-    follower.start()
-    code = _wait(api, container, limits, job.cancel)
-    follower.join(10)
-    return code
+def _container_labels(job: ExportJob) -> dict[str, str]:
+    """The export's build and check containers: the member's, for the reaper and the admin."""
+    return {L.ROLE: M.BUILD_ROLE, L.OWNER: job.username, L.OWNER_UID: str(job.uid)}
 
 
 class _Hashing(io.RawIOBase):
@@ -555,34 +437,6 @@ class _Hashing(io.RawIOBase):
         data = self.source.read(size)
         self.digest.update(data)
         return data
-
-
-_KERNELSPEC = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-_LANGUAGE = re.compile(r"[A-Za-z0-9+#._ -]{1,32}\Z")
-
-
-def check_record(record: dict[str, Any]) -> None:
-    """The record's fields that reach the image (labels, the kernelspec the runner installs):
-    the member's data, so bounded and plain. Shell-quoted where used, checked anyway."""
-    problems = []
-    if not isinstance(record.get("image") or "", str) or len(str(record.get("image"))) > 512:
-        problems.append("image")
-    if record.get("kernelspec") and not _KERNELSPEC.match(str(record["kernelspec"])):
-        problems.append("kernelspec")
-    if record.get("language") and not _LANGUAGE.match(str(record["language"])):
-        problems.append("language")
-    argv = record.get("kernel_argv")
-    if argv is not None and not (
-        isinstance(argv, list)
-        and 0 < len(argv) <= 32
-        and all(isinstance(a, str) and 0 < len(a) <= 4096 and "\0" not in a for a in argv)
-    ):
-        problems.append("kernel_argv")
-    if problems:
-        raise KernelConfigError(
-            f"The notebook's record (metadata.labnotebook) has unusable {', '.join(problems)}: "
-            "re-run the notebook on a lab kernel and save it, which writes a new record."
-        )
 
 
 def member_home(uid: int) -> str:
@@ -603,7 +457,7 @@ def check_target(path: Any, home: str) -> str:
         raise KernelConfigError(
             f"{path!r} is not a plain path (no '.', '..', empty parts or control characters)."
         )
-    if not X._within(path, [home, X.SHARED_ROOT]) or path in (home, X.SHARED_ROOT):
+    if not X.within(path, [home, X.SHARED_ROOT]) or path in (home, X.SHARED_ROOT):
         raise PermissionRefused(
             f"{path} is outside your home ({home}) and {X.SHARED_ROOT}: only files from there "
             "go into an export."
@@ -619,49 +473,39 @@ class ExportOperations:
     async def run(self, fn: Any, *args: Any, pool: Any = None) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    @staticmethod
-    def _export_arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
-        from .broker_operations import _arguments
-
-        return _arguments(request, op, **fields)
-
     async def op_export_base(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(request, "export_base", image=str)
+        args = arguments(request, "export_base", image=str)
         details = await self.run(self.exports.base, peer, args["image"])
         return {"ok": True, "result": {"exists": details is not None}}
 
     async def op_export(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(
-            request, "export", name=str, image=str, notebook=str, size=int
-        )
+        args = arguments(request, "export", name=str, image=str, notebook=str, size=int)
         result = await self.run(
             self.exports.begin, peer, args["name"], args["image"], args["notebook"], args["size"]
         )
         return {"ok": True, "result": result}
 
     async def op_export_data(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(
-            request, "export_data", export=str, data=str, last=(bool, False)
-        )
+        args = arguments(request, "export_data", export=str, data=str, last=(bool, False))
         result = await self.run(self.exports.data, peer, args["export"], args["data"], args["last"])
         return {"ok": True, "result": result}
 
     async def op_export_status(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(
+        args = arguments(
             request, "export_status", export=str, since=(int, 0), wait=((int, float), 2.0)
         )
         result = await self.exports.status(peer, args["export"], args["since"], float(args["wait"]))
         return {"ok": True, "result": result}
 
     async def op_export_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(request, "export_cancel", export=str)
+        args = arguments(request, "export_cancel", export=str)
         await self.run(self.exports.cancel, peer, args["export"])
         return {"ok": True, "result": None}
 
     async def op_export_check(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(request, "export_check", export=str)
+        args = arguments(request, "export_check", export=str)
         return {"ok": True, "result": await self.run(self.exports.check, peer, args["export"])}
 
     async def op_export_save(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = self._export_arguments(request, "export_save", export=str)
+        args = arguments(request, "export_save", export=str)
         return {"ok": True, "result": await self.run(self.exports.save, peer, args["export"])}

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Generic, TypeVar
 
 import docker.errors
+from labnotebook.provisioner.build_container import BuildFailed, BuildLog
 from labnotebook.provisioner.build_context import too_large
-from labnotebook.provisioner.builds import BuildFailed, BuildLog
 from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
 
 from .broker_policy import Peer

@@ -27,16 +27,16 @@ from labnotebook.provisioner import __version__
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.broker_protocol import ALLOWED_SIGNALS, MAX_LINE, OPS
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
-from labnotebook.provisioner.launch import size_in_bytes
+from labnotebook.provisioner.sizes import human_bytes, size_in_bytes
 
 from .addresses import AddressBook
+from .broker_arguments import arguments
 from .broker_builds import ImageService
 from .broker_exports import ExportOperations, ExportPolicy, ExportService
-from .broker_policy import _TOKEN, LaunchPolicy, Peer, human_bytes
+from .broker_policy import _TOKEN, LaunchPolicy, Peer
 from .build_policy import BuildPolicy
 
 T = TypeVar("T")
-_NOT_GIVEN = object()
 
 
 def username(uid: int) -> str:
@@ -46,28 +46,6 @@ def username(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid{uid}"
-
-
-def _arguments(request: dict[str, Any], op: str, **fields: Any) -> dict[str, Any]:
-    """The op's arguments, checked: `fields` maps name -> type, or (type, default)."""
-    unknown = set(request) - set(fields) - {"op"}
-    if unknown:
-        raise KernelConfigError(
-            f"The broker's {op!r} takes no {', '.join(sorted(map(repr, unknown)))}. (Who is "
-            "asking is never part of a request: the broker asks the operating system.)"
-        )
-    values = {}
-    for name, kind in fields.items():
-        kind, default = kind if isinstance(kind, tuple) else (kind, _NOT_GIVEN)
-        value = request.get(name, default)
-        if value is _NOT_GIVEN:
-            raise KernelConfigError(f"The broker's {op!r} needs {name!r}.")
-        if value is not None and (
-            not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
-        ):
-            raise KernelConfigError(f"The broker's {op!r}: {name!r} has the wrong type.")
-        values[name] = value
-    return values
 
 
 def _container_ref(value: str) -> str:
@@ -137,7 +115,7 @@ class BrokerOperations(ExportOperations):
         self._wait_pool.shutdown(wait=False, cancel_futures=True)
 
     async def op_hello(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        _arguments(request, "hello")
+        arguments(request, "hello")
         return {
             "ok": True,
             "result": {
@@ -148,7 +126,7 @@ class BrokerOperations(ExportOperations):
         }
 
     async def op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "launch", spec=dict)
+        args = arguments(request, "launch", spec=dict)
         if not isinstance(args["spec"], dict):
             raise KernelConfigError("A launch request needs a 'spec' object.")
 
@@ -229,7 +207,7 @@ class BrokerOperations(ExportOperations):
         return {"ok": True, "result": await self.run(checked, pool=pool)}
 
     async def op_state(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "state", container=str)
+        args = arguments(request, "state", container=str)
 
         def state(container_id: str) -> dict[str, Any] | None:
             current = self.engine.state(container_id)
@@ -238,7 +216,7 @@ class BrokerOperations(ExportOperations):
         return await self._on_owned(peer, args["container"], state, None)
 
     async def op_signal(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "signal", container=str, signal=int)
+        args = arguments(request, "signal", container=str, signal=int)
         if args["signal"] not in ALLOWED_SIGNALS:
             names = (signal.Signals(s).name if s else "0" for s in sorted(ALLOWED_SIGNALS))
             raise PermissionRefused(
@@ -253,7 +231,7 @@ class BrokerOperations(ExportOperations):
         return await self._on_owned(peer, args["container"], send, None)
 
     async def op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "remove", container=str)
+        args = arguments(request, "remove", container=str)
 
         def remove() -> None:
             details = self._owned(peer, _container_ref(args["container"]))
@@ -265,14 +243,14 @@ class BrokerOperations(ExportOperations):
         return {"ok": True, "result": await self.run(remove)}
 
     async def op_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "logs", container=str, tail=(int, 20))
+        args = arguments(request, "logs", container=str, tail=(int, 20))
         tail = max(0, min(args["tail"], 2_000))
         return await self._on_owned(
             peer, args["container"], lambda cid: self.engine.logs(cid, tail)[-(MAX_LINE // 2) :], ""
         )
 
     async def op_wait(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "wait", container=str, timeout=((int, float), 60.0))
+        args = arguments(request, "wait", container=str, timeout=((int, float), 60.0))
         timeout = max(0.0, min(float(args["timeout"]), self.max_wait))
         return await self._on_owned(
             peer,
@@ -283,7 +261,7 @@ class BrokerOperations(ExportOperations):
         )
 
     async def op_list(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "list", owner_uid=(int, None))
+        args = arguments(request, "list", owner_uid=(int, None))
         owner = args["owner_uid"]
         if not peer.is_root:
             if owner is not None and owner != peer.uid:
@@ -292,7 +270,7 @@ class BrokerOperations(ExportOperations):
         return {"ok": True, "result": await self.run(self.engine.kernel_containers, owner)}
 
     async def op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        _arguments(request, "reap")
+        arguments(request, "reap")
         if not peer.is_root:
             raise PermissionRefused("Only root may ask the broker to reap kernels.")
         return {"ok": True, "result": await self.run(self.reap)}
@@ -319,41 +297,41 @@ class BrokerOperations(ExportOperations):
     # -- members' images (hub/broker_builds.py) ----------------------------------------------
 
     async def op_build(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "build", name=str, base=(str, None), size=int)
+        args = arguments(request, "build", name=str, base=(str, None), size=int)
         result = await self.run(self.images.begin, peer, args["name"], args["base"], args["size"])
         return {"ok": True, "result": result}
 
     async def op_build_data(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "build_data", build=str, data=str, last=(bool, False))
+        args = arguments(request, "build_data", build=str, data=str, last=(bool, False))
         result = await self.run(self.images.data, peer, args["build"], args["data"], args["last"])
         return {"ok": True, "result": result}
 
     async def op_build_status(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(
+        args = arguments(
             request, "build_status", build=str, since=(int, 0), wait=((int, float), 2.0)
         )
         result = await self.images.status(peer, args["build"], args["since"], float(args["wait"]))
         return {"ok": True, "result": result}
 
     async def op_build_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "build_cancel", build=str)
+        args = arguments(request, "build_cancel", build=str)
         await self.run(self.images.cancel, peer, args["build"])
         return {"ok": True, "result": None}
 
     async def op_build_log(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "build_log", name=str)
+        args = arguments(request, "build_log", name=str)
         text = await self.run(self.images.build_log, peer, args["name"])
         return {"ok": True, "result": text[-(MAX_LINE // 2) :]}
 
     async def op_images(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        _arguments(request, "images")
+        arguments(request, "images")
         return {"ok": True, "result": await self.run(self.images.images, peer)}
 
     async def op_image_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "image_remove", image=str)
+        args = arguments(request, "image_remove", image=str)
         return {"ok": True, "result": await self.run(self.images.remove, peer, args["image"])}
 
     async def op_image_publish(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = _arguments(request, "image_publish", image=str, withdraw=(bool, False))
+        args = arguments(request, "image_publish", image=str, withdraw=(bool, False))
         result = await self.run(self.images.publish, peer, args["image"], args["withdraw"])
         return {"ok": True, "result": result}

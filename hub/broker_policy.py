@@ -25,9 +25,10 @@ from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.gpus import GpuRequest
 from labnotebook.provisioner.identity import KernelIdentity
-from labnotebook.provisioner.launch import LabRules, container_spec, size_in_bytes
+from labnotebook.provisioner.launch import LabRules, container_spec
 from labnotebook.provisioner.mounts import Mount
 from labnotebook.provisioner.request import PORT_NAMES, LaunchRequest
+from labnotebook.provisioner.sizes import human_bytes, positive_size, size_in_bytes
 from labnotebook.provisioner.spec import KernelContainerSpec
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
@@ -75,13 +76,6 @@ class Peer(NamedTuple):
     @property
     def is_root(self) -> bool:
         return self.uid == 0
-
-
-def human_bytes(n: int) -> str:
-    for unit, factor in (("g", 1 << 30), ("m", 1 << 20), ("k", 1 << 10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return f"{n} bytes"
 
 
 def _text(field: str, value: Any, *, limit: int = 4096, allow_empty: bool = False) -> str:
@@ -234,14 +228,8 @@ class LaunchPolicy(LoggingConfigurable):
     )
 
     @validate("max_memory", "max_shm_size", "max_memory_per_user")
-    def _validsize_in_bytes(self, proposal: dict[str, Any]) -> Any:
-        try:
-            size = size_in_bytes(proposal["value"])
-        except Exception:
-            size = -1
-        if size is not None and size <= 0:
-            raise TraitError(f"{proposal['trait'].name} must be a positive size like '8g'")
-        return proposal["value"]
+    def _positive_size(self, proposal: dict[str, Any]) -> Any:
+        return positive_size(proposal["value"], proposal["trait"].name)
 
     @validate("lab_mounts", "allowed_mounts")
     def _valid_mounts(self, proposal: dict[str, Any]) -> Any:

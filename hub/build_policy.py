@@ -13,9 +13,12 @@ from typing import Any
 
 from labnotebook.provisioner.build_context import DEFAULT_CONTEXT_LIMIT
 from labnotebook.provisioner.builds import BuildLimits
-from labnotebook.provisioner.launch import size_in_bytes
+from labnotebook.provisioner.defaults import KERNEL_IMAGE
+from labnotebook.provisioner.sizes import human_bytes, positive_size, size_in_bytes
 from traitlets import Bool, Float, Int, TraitError, Unicode, Union, validate
 from traitlets.config import LoggingConfigurable
+
+from .settings_schema import BY_NAME
 
 
 class BuildPolicy(LoggingConfigurable):
@@ -37,7 +40,7 @@ class BuildPolicy(LoggingConfigurable):
         a Dockerfile names are checked either way.""",
     )
     default_base = Unicode(
-        "labnotebook/kernel-python:latest",
+        KERNEL_IMAGE,
         config=True,
         help="""The image a build without --from (and without a Dockerfile) starts from:
         the lab's default kernel image, so its kernel and user handling carry over.""",
@@ -50,10 +53,10 @@ class BuildPolicy(LoggingConfigurable):
     )
     quota = Union(
         [Int(), Unicode()],
-        default_value="10g",
+        default_value=BY_NAME["BUILD_QUOTA"].default,  # make up's BUILD_QUOTA
         allow_none=True,
         config=True,
-        help="""Disk one member's images may add, as "10g" or bytes: the layers each version
+        help="""Disk one member's images may add, as "20g" or bytes: the layers each version
         adds over its base (the lab's shared base layers do not count). A build past it is
         refused and nothing kept. None: no quota.""",
     )
@@ -105,14 +108,8 @@ class BuildPolicy(LoggingConfigurable):
     )
 
     @validate("quota", "max_context", "memory")
-    def _valid_size(self, proposal: dict[str, Any]) -> Any:
-        try:
-            size = size_in_bytes(proposal["value"])
-        except Exception:
-            size = -1
-        if size is not None and size <= 0:
-            raise TraitError(f"{proposal['trait'].name} must be a positive size like '10g'")
-        return proposal["value"]
+    def _positive_size(self, proposal: dict[str, Any]) -> Any:
+        return positive_size(proposal["value"], proposal["trait"].name)
 
     @validate("network")
     def _not_host(self, proposal: dict[str, Any]) -> Any:
@@ -138,5 +135,5 @@ class BuildPolicy(LoggingConfigurable):
             network=self.network,
             log_bytes=self.log_bytes,
             disk_room=disk_room,
-            quota_text=f"your {quota >> 20} MiB quota" if quota else "",
+            quota_text=f"your {human_bytes(quota)} quota" if quota else "",
         )

@@ -1,6 +1,7 @@
 # The lab hub's JupyterHub configuration. Every value here is the lab's default; the operator
-# chooses a few things with `make up VAR=...` (see labnotebook/hub/settings.py), and an admin
-# can override anything below in /srv/state/jupyterhub_config.py (kept on the state volume).
+# chooses a few things with `make up VAR=...` (declared in labnotebook/hub/settings_schema.py,
+# read by LabSettings), and an admin can override anything below in
+# /srv/state/jupyterhub_config.py (kept on the state volume).
 import os
 import sys
 
@@ -37,10 +38,8 @@ c.JupyterHub.template_paths = authenticator.TEMPLATE_PATHS
 # Every page names the lab (title bar, headings): LAB_TITLE, or the LAB name.
 c.JupyterHub.template_vars = {"lab_title": lab.title}
 c.Authenticator.admin_users = {"admin"}
-c.LabAuthenticator.minimum_password_length = 10
-c.LabAuthenticator.allowed_failed_logins = 5
-c.LabAuthenticator.seconds_before_next_try = 300
-# Rate limits count per client address (see the authenticator's traits for the numbers).
+# Password length, lockout and rate limits: LabAuthenticator's own defaults (its traits' help
+# says what each does), so they are not repeated here. They count per client address:
 c.LabAuthenticator.client_address_header = lab.client_address_header
 c.LabAuthenticator.trusted_proxies = lab.trusted_proxies
 c.LabAuthenticator.private_homes = lab.private_homes

@@ -1,59 +1,16 @@
 #!/usr/bin/env bash
 # The lab hub's lifecycle on one Docker host: up, down, logs, backup, restore, upgrade.
-# Called by `make` (hub/hub.mk), which passes the settings below as environment variables.
-# This is the one place their defaults live; every name is derived from LAB, so a second hub
-# (tests) can run beside the lab's. The hub container gets every setting explicitly.
+# Called by `make` (hub/hub.mk), which passes every setting as an environment variable, empty
+# where the operator gave none. hub/settings_schema.py declares them with their defaults
+# (docs/settings.md lists them); every name is derived from LAB, so a second hub (tests) can
+# run beside the lab's. The hub container gets the settings it reads (PASSED) explicitly.
 set -euo pipefail
 
-LAB=${LAB:-labnotebook}
-PORT=${PORT:-8000}
-BIND=${BIND:-}                           # host address to publish on; empty: all
-HUB_HOSTNAME=${HUB_HOSTNAME:-$LAB}
-NETWORK=${NETWORK:-$LAB}
-HOMES_VOLUME=${HOMES_VOLUME:-$LAB-homedirs}
-STATE_VOLUME=${STATE_VOLUME:-$LAB-state}
-READONLY_VOLUME=${READONLY_VOLUME:-$LAB-readonly}
-BROKER_VOLUME=${BROKER_VOLUME:-$LAB-broker}   # the broker's socket, shared read-only with kernels
-HUB_IMAGE=${HUB_IMAGE:-labnotebook/hub:latest}
-KERNEL_IMAGE=${KERNEL_IMAGE:-labnotebook/kernel-python:latest}
-DOCKER_SOCKET=${DOCKER_SOCKET:-/var/run/docker.sock}
-SSL_CERT=${SSL_CERT:-}
-SSL_KEY=${SSL_KEY:-}
-PLAIN_HTTP=${PLAIN_HTTP:-}
-BACKUP_DIR=${BACKUP_DIR:-backups}
-BACKUP=${BACKUP:-}
-FORCE=${FORCE:-}
-READY_TIMEOUT=${READY_TIMEOUT:-180}
-LAB_TITLE=${LAB_TITLE:-$LAB}             # the lab's name on the hub's pages
-PUBLIC_URL=${PUBLIC_URL:-}               # the URL printed; empty: https://$(hostname -f):PORT/
-TLS_HOSTNAMES=${TLS_HOSTNAMES:-labnotebook,localhost}
-SUBDOMAIN_HOST=${SUBDOMAIN_HOST:-}       # e.g. https://lab.example.org: one origin per server
-ADMIN_SUDO_NOPASSWD=${ADMIN_SUDO_NOPASSWD:-}
-PRIVATE_HOMES=${PRIVATE_HOMES:-}
-KERNEL_IDLE_TIMEOUT=${KERNEL_IDLE_TIMEOUT:-7200}
-SERVER_IDLE_TIMEOUT=${SERVER_IDLE_TIMEOUT:-28800}
-SERVER_MAX_AGE=${SERVER_MAX_AGE:-0}
-# Resource bounds (see the README's admin guide). Sizes as "8g"; auto: a share of the host.
-KERNEL_MEMORY=${KERNEL_MEMORY:-auto}     # per kernel, swap included; auto: 1/8 of the host
-KERNEL_CPUS=${KERNEL_CPUS:-auto}         # per kernel; auto: half the host's CPUs
-MEMBER_MEMORY=${MEMBER_MEMORY:-auto}     # all of one member's kernels; auto: 1/2 of the host
-HUB_MEMORY=${HUB_MEMORY:-auto}           # the hub container (servers, terminals); auto: 1/4
-HUB_PIDS=${HUB_PIDS:-8192}               # processes in the hub container
-LOG_MAX_SIZE=${LOG_MAX_SIZE:-50m}        # the hub container's log, kept in 3 files
-# A host folder for the homes, ideally its own file system (a member who fills it then
-# cannot fill the disk holding Docker, the hub's database and its logs); empty: a volume in
-# Docker's own storage.
-HOMES_PATH=${HOMES_PATH:-}
-# Where the client's address is, for the sign-up and login rate limits (see the README).
-CLIENT_ADDRESS_HEADER=${CLIENT_ADDRESS_HEADER:-X-Forwarded-For}
-TRUSTED_PROXIES=${TRUSTED_PROXIES:-0}    # reverse proxies of the lab's in front of the port
-BUILD_QUOTA=${BUILD_QUOTA:-10g}          # disk one member's kernel images may add (kernel build)
-BUILD_DOCKERFILE=${BUILD_DOCKERFILE:-}   # yes: members may build from a Dockerfile (see README)
-# What the hub container is told (labnotebook/hub/settings.py reads them).
-PASSED=(LAB NETWORK HOMES_VOLUME READONLY_VOLUME KERNEL_IMAGE PLAIN_HTTP LAB_TITLE PUBLIC_URL
-        TLS_HOSTNAMES SUBDOMAIN_HOST ADMIN_SUDO_NOPASSWD PRIVATE_HOMES KERNEL_IDLE_TIMEOUT
-        SERVER_IDLE_TIMEOUT SERVER_MAX_AGE KERNEL_MEMORY KERNEL_CPUS MEMBER_MEMORY
-        CLIENT_ADDRESS_HEADER TRUSTED_PROXIES BUILD_QUOTA BUILD_DOCKERFILE BROKER_VOLUME)
+# Every setting with its value, or its default where unset or empty; then PASSED. The schema
+# is stdlib Python, run by path: this works on a fresh clone before anything is installed.
+settings=$(python3 "$(dirname "${BASH_SOURCE[0]}")/settings_schema.py" env) \
+    || { printf 'error: cannot read the settings (hub/settings_schema.py)\n' >&2; exit 1; }
+eval "$settings"
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -278,8 +235,8 @@ cmd_down() {
 }
 
 cmd_logs() {
-    local args=(--tail "${TAIL:-200}")
-    yes_flag "${FOLLOW:-yes}" && args+=(--follow)
+    local args=(--tail "$TAIL")
+    yes_flag "$FOLLOW" && args+=(--follow)
     docker logs "${args[@]}" "$LAB"
 }
 

@@ -1,16 +1,21 @@
 """The lab's settings: where things live inside the hub container, and what the operator chose.
 
-`make up` passes the operator's choices to the container as environment variables (listed in
-`LabSettings.from_env`); everything else about the hub is in `jupyterhub_config.py`, and an
-admin may override any JupyterHub setting in `/srv/state/jupyterhub_config.py`, which lives on
-the state volume and so survives upgrades.
+`make up` passes the operator's choices to the container as environment variables (declared,
+with their defaults and help, in `settings_schema.py`; `LabSettings.from_env` reads them);
+everything else about the hub is in `jupyterhub_config.py`, and an admin may override any
+JupyterHub setting in `/srv/state/jupyterhub_config.py`, which lives on the state volume and
+so survives upgrades.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .settings_schema import SETTINGS, Setting
 
 # -- fixed places inside the hub container ---------------------------------------------------
 
@@ -65,165 +70,91 @@ FIRST_UID = 2000
 leftover file never silently belongs to a newcomer."""
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "yes", "true", "on")
-
-
-def _required(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise SystemExit(
-            f"{name} is not set. The hub container gets every setting from `make up` "
-            "(hub/lab.sh, where their defaults are); start it that way."
-        )
+def _text(setting: Setting, value: str) -> str:
     return value
 
 
-def _seconds(name: str) -> int:
-    value = _required(name)
+def _flag(setting: Setting, value: str) -> bool:
+    return value.lower() in ("1", "yes", "true", "on")
+
+
+def _seconds(setting: Setting, value: str) -> int:
     try:
         seconds = int(value)
     except ValueError:
-        raise SystemExit(f"{name} must be a number of seconds (0: never); got {value!r}") from None
+        raise SystemExit(
+            f"{setting.name} must be a number of seconds (0: never); got {value!r}"
+        ) from None
     if seconds < 0:
-        raise SystemExit(f"{name} must be 0 or more seconds; got {value!r}")
+        raise SystemExit(f"{setting.name} must be 0 or more seconds; got {value!r}")
     return seconds
 
 
-def _count(name: str) -> int:
-    value = _required(name)
+def _count(setting: Setting, value: str) -> int:
     if not value.isdigit():
-        raise SystemExit(f"{name} must be a whole number, 0 or more; got {value!r}")
+        raise SystemExit(f"{setting.name} must be a whole number, 0 or more; got {value!r}")
     return int(value)
+
+
+def _names(setting: Setting, value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
+
+_READERS: dict[str, Callable[[Setting, str], Any]] = {
+    "flag": _flag,
+    "seconds": _seconds,
+    "count": _count,
+    "list": _names,
+}
+"""How the hub reads each kind of setting (settings_schema.Kind); any other kind is text."""
+
+
+def _value(setting: Setting, environ: Mapping[str, str]) -> Any:
+    """The setting as `make up` passed it, read by its kind."""
+    value = environ.get(setting.name, "").strip()
+    if not value and setting.default:
+        if setting.missing == "refuse":
+            raise SystemExit(
+                f"{setting.name} is not set. The hub container gets every setting from `make up` "
+                "(hub/lab.sh, with the defaults of hub/settings_schema.py); start it that way."
+            )
+        value = setting.default if setting.missing == "default" else ""
+    return _READERS.get(setting.kind, _text)(setting, value)
 
 
 @dataclass(frozen=True)
 class LabSettings:
-    """What the operator chose with `make up VAR=…`. Each field names its variable.
+    """What the operator chose with `make up VAR=…`: one field per setting of
+    hub/settings_schema.py that the hub container is given (its `field`; the variable is the
+    field's name in capitals but for LAB and LAB_TITLE), where each one's default and meaning
+    are declared. No defaults here: hub/lab.sh applies the schema's, and hands the hub
+    container every setting explicitly."""
 
-    No defaults here: hub/lab.sh is the one place `make up`'s defaults live, and it hands the
-    hub container every setting explicitly."""
-
-    name: str
-    """LAB: the lab's name; its container, volumes and network are named after it."""
-
-    homes_volume: str
-    """HOMES_VOLUME: the Docker volume mounted at /home here and in every kernel container."""
-
-    readonly_volume: str
-    """READONLY_VOLUME: the Docker volume mounted at /home/shared/readonly here and in every
-    kernel container. Being a mount point, it cannot be renamed or replaced by members, who
-    may otherwise rename anything in /home/shared."""
-
-    network: str
-    """NETWORK: the Docker network the hub and the kernel containers share."""
-
-    kernel_image: str
-    """KERNEL_IMAGE: the image of the lab's default Python kernel."""
-
+    name: str  # LAB
+    title: str  # LAB_TITLE
     public_url: str
-    """PUBLIC_URL: how users reach the hub, printed by `make up` (informational)."""
-
+    kernel_image: str
+    network: str
+    homes_volume: str
+    readonly_volume: str
+    broker_volume: str
     plain_http: bool
-    """PLAIN_HTTP=yes: serve plain HTTP. Passwords then cross the network in clear text; use it
-    only behind a TLS-terminating proxy."""
-
-    subdomain_host: str
-    """SUBDOMAIN_HOST: e.g. "https://lab.example.org": each member's server gets its own
-    origin (alice.lab.example.org), so a page a member's server serves cannot act on the
-    hub or on other members' servers in a logged-in visitor's browser. Needs wildcard DNS
-    and a wildcard certificate. Empty: every server shares the hub's origin."""
-
-    title: str
-    """LAB_TITLE: the lab's name on every hub page and in the browser's title bar, e.g.
-    "Smith Lab notebooks". Empty: the LAB name."""
-
     tls_hostnames: tuple[str, ...]
-    """TLS_HOSTNAMES: comma-separated names the generated self-signed certificate is valid for
-    (127.0.0.1 and ::1 are always included)."""
-
-    admin_sudo_nopasswd: bool
-    """ADMIN_SUDO_NOPASSWD=yes: lab admins use sudo in the hub without typing their password.
-    By default sudo asks for the admin's hub password."""
-
-    private_homes: bool
-    """PRIVATE_HOMES=yes: new homes are 0700 (private). By default they are 0750, readable but
-    not writable by the lab. Each user can change their own with `chmod 700 ~` or
-    `chmod 750 ~`; the hub never resets an existing home's mode."""
-
-    kernel_idle_timeout: int
-    """KERNEL_IDLE_TIMEOUT: seconds after which an idle kernel is shut down, even with a
-    notebook still open in a forgotten browser tab (its memory and GPU are freed; files are
-    kept). 0: never."""
-
-    server_idle_timeout: int
-    """SERVER_IDLE_TIMEOUT: seconds without activity after which a user's server (and its
-    kernels) is stopped by jupyterhub-idle-culler. 0: never."""
-
-    server_max_age: int
-    """SERVER_MAX_AGE: seconds after which a server is stopped even if active. 0: never."""
-
-    kernel_memory: str
-    """KERNEL_MEMORY: every kernel's memory limit (swap included), e.g. "8g"; "auto": an
-    eighth of the host's memory, at least 1 GiB."""
-
-    kernel_cpus: str
-    """KERNEL_CPUS: every kernel's CPU limit, e.g. "4"; "auto": half the host's CPUs, at
-    least 1."""
-
-    member_memory: str
-    """MEMBER_MEMORY: the most kernel memory one member may hold at once (the sum of their
-    kernels' limits); "auto": half the host's memory."""
-
+    subdomain_host: str
     client_address_header: str
-    """CLIENT_ADDRESS_HEADER: the header naming a request's client address for the sign-up
-    and login rate limits: X-Forwarded-For (appended by the hub's own proxy), or e.g.
-    X-Real-IP when a reverse proxy in front of the lab sets it."""
-
     trusted_proxies: int
-    """TRUSTED_PROXIES: reverse proxies of the lab's in front of the hub's port, each
-    appending to X-Forwarded-For (0: browsers connect to the port directly)."""
-
-    build_quota: str = "10g"
-    """BUILD_QUOTA: the disk one member's kernel images (`labnotebook kernel build`) may add
-    over their bases, e.g. "20g"; "none": no quota."""
-
-    broker_volume: str = ""
-    """BROKER_VOLUME: the Docker volume holding the broker's socket (BROKER_DIR), mounted
-    read-only in every kernel container. Empty: kernels get no broker socket."""
-
-    build_dockerfile: bool = False
-    """BUILD_DOCKERFILE=yes: members may build kernel images from a Dockerfile, whose RUN
-    steps the engine's builder runs as root with Docker's default capabilities (the README
-    says what that trusts members with). Off: requirements.txt, apt.txt, postBuild only."""
+    admin_sudo_nopasswd: bool
+    private_homes: bool
+    kernel_idle_timeout: int
+    server_idle_timeout: int
+    server_max_age: int
+    kernel_memory: str
+    kernel_cpus: str
+    member_memory: str
+    build_quota: str
+    build_dockerfile: bool
 
     @classmethod
-    def from_env(cls) -> LabSettings:
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabSettings:
         """The settings `make up` (hub/lab.sh) passed to the container."""
-        hostnames = tuple(h.strip() for h in _required("TLS_HOSTNAMES").split(",") if h.strip())
-        return cls(
-            name=_required("LAB"),
-            homes_volume=_required("HOMES_VOLUME"),
-            readonly_volume=_required("READONLY_VOLUME"),
-            network=_required("NETWORK"),
-            kernel_image=_required("KERNEL_IMAGE"),
-            public_url=os.environ.get("PUBLIC_URL", "").strip(),
-            title=_required("LAB_TITLE"),
-            subdomain_host=os.environ.get("SUBDOMAIN_HOST", "").strip(),
-            plain_http=_flag("PLAIN_HTTP"),
-            tls_hostnames=hostnames,
-            admin_sudo_nopasswd=_flag("ADMIN_SUDO_NOPASSWD"),
-            private_homes=_flag("PRIVATE_HOMES"),
-            kernel_idle_timeout=_seconds("KERNEL_IDLE_TIMEOUT"),
-            server_idle_timeout=_seconds("SERVER_IDLE_TIMEOUT"),
-            server_max_age=_seconds("SERVER_MAX_AGE"),
-            kernel_memory=_required("KERNEL_MEMORY"),
-            kernel_cpus=_required("KERNEL_CPUS"),
-            member_memory=_required("MEMBER_MEMORY"),
-            client_address_header=_required("CLIENT_ADDRESS_HEADER"),
-            trusted_proxies=_count("TRUSTED_PROXIES"),
-            # Added after the others: older `make up` callers (and tests) may not pass them.
-            build_quota=os.environ.get("BUILD_QUOTA", "").strip() or "10g",
-            build_dockerfile=_flag("BUILD_DOCKERFILE"),
-            broker_volume=os.environ.get("BROKER_VOLUME", "").strip(),
-        )
+        return cls(**{s.field: _value(s, environ) for s in SETTINGS if s.field})

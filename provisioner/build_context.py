@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from .errors import KernelConfigError
+from .sizes import human_bytes
 
 DEFAULT_CONTEXT_LIMIT = 200 << 20
 """Largest packed context a member may send, unless the lab says otherwise."""
@@ -127,7 +128,7 @@ class _Limited(io.RawIOBase):
 
 def too_large(folder: str, limit: int) -> str:
     return (
-        f"The build folder {folder} is larger than {limit >> 20} MiB, the most a kernel build "
+        f"The build folder {folder} is larger than {human_bytes(limit)}, the most a kernel build "
         "may send. Build from a folder with only the files the image needs (requirements.txt, "
         "apt.txt, wheels...), not your whole project or data."
     )

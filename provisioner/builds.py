@@ -2,11 +2,11 @@
 
 Conventions (apt.txt, environment.yml, requirements.txt, postBuild) are not built with
 `docker build`: the legacy builder runs every step as root with the default capabilities, no
-process or disk limit and whatever network. Instead one container from the base image runs
-the steps with kernel-style bounds - memory, processes, no-new-privileges, only the
-capabilities apt and dpkg need, bounded logs, a time limit, a watch on the disk it writes -
-and is then committed with the base's own command, entrypoint, user and working folder, so
-the image starts kernels exactly as its base does.
+process or disk limit and whatever network. Instead one bounded build container from the base
+image (build_container.py: memory, processes, no-new-privileges, only the capabilities apt
+and dpkg need, bounded logs, a time limit, a watch on the disk it writes) runs the steps, and
+is then committed with the base's own command, entrypoint, user and working folder, so the
+image starts kernels exactly as its base does.
 
 A `Dockerfile` goes to the engine's builder (the broker allows that only where the admin
 switched it on, after checking every image it names).
@@ -17,93 +17,34 @@ the caller decides the limits and the labels.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shlex
-import tarfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import IO, Any
 
-import docker.errors
 import requests.exceptions
-from docker.types import LogConfig
 
 from . import labels as L
 from . import member_images as M
+from .build_container import (
+    BUILD_CAPABILITIES,
+    BuildContainer,
+    BuildFailed,
+    BuildLimits,
+    BuildLog,
+    Cancelled,
+    duration,
+)
 from .build_context import Conventions
-from .errors import KernelConfigError, KernelLaunchError, PermissionRefused
+from .errors import KernelConfigError, PermissionRefused
+from .sizes import human_bytes
 
 BUILD_DIR = "/tmp/labnotebook-build"
-# Capabilities apt and dpkg need as root in the build container: file ownership and modes
-# (dpkg unpacking), and dropping to the _apt user for downloads. Not NET_RAW, MKNOD,
-# SYS_CHROOT, AUDIT_WRITE... that Docker grants by default.
-BUILD_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETUID", "SETGID", "KILL"]
 NO_CONDA_EXIT = 97
 NO_PYTHON_EXIT = 98
 STEP_MARK = "==> "
-
-
-class BuildFailed(KernelLaunchError):
-    """The build's own steps failed (a package that does not exist, a script error)."""
-
-
-@dataclass
-class BuildLimits:
-    """What a build container may use; None: no bound (a laptop's own engine)."""
-
-    memory: int | None = None
-    nano_cpus: int | None = None
-    pids: int | None = 1024
-    time_limit: float | None = None
-    network: str = "bridge"
-    log_bytes: int = 4 << 20
-    disk_room: int | None = None
-    """Bytes the build may still add before the member's quota is exceeded."""
-    quota_text: str = ""
-    """How the quota is described in a refusal (e.g. 'your 5g quota')."""
-
-
-@dataclass
-class BuildLog:
-    """The build's output as it comes, bounded (the tail is kept), for a caller to follow."""
-
-    limit: int = 4 << 20
-    lines: list[str] = field(default_factory=list)
-    dropped: int = 0
-    _size: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    on_line: Callable[[str], None] | None = None
-
-    def add(self, line: str) -> None:
-        line = line.rstrip("\n")[:4000]
-        with self._lock:
-            self.lines.append(line)
-            self._size += len(line) + 1
-            while self._size > self.limit and len(self.lines) > 1:
-                self._size -= len(self.lines.pop(0)) + 1
-                self.dropped += 1
-        if self.on_line:
-            self.on_line(line)
-
-    def since(self, index: int) -> tuple[list[str], int]:
-        """Lines after the `index`-th line ever added, and the next index."""
-        with self._lock:
-            start = max(0, index - self.dropped)
-            return self.lines[start:], self.dropped + len(self.lines)
-
-    def text(self) -> str:
-        with self._lock:
-            head = f"[{self.dropped} earlier lines dropped]\n" if self.dropped else ""
-            return head + "\n".join(self.lines) + "\n"
-
-    def tail(self, n: int = 15) -> str:
-        with self._lock:
-            return "\n".join(self.lines[-n:])
 
 
 def convention_script(conventions: Conventions) -> str:
@@ -155,7 +96,8 @@ def convention_script(conventions: Conventions) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _base_config(api: Any, base: dict[str, Any]) -> dict[str, Any]:
+def _base_config(base: dict[str, Any]) -> dict[str, Any]:
+    """What the committed image keeps of its base's configuration: how it starts kernels."""
     config = base.get("Config") or {}
     return {
         "Cmd": config.get("Cmd") or [],
@@ -163,19 +105,6 @@ def _base_config(api: Any, base: dict[str, Any]) -> dict[str, Any]:
         "User": config.get("User") or "",
         "WorkingDir": config.get("WorkingDir") or "",
     }
-
-
-def _tar_dir(name: str) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-    return buffer.getvalue()
-
-
-class Cancelled(KernelLaunchError):
-    """The member stopped the build."""
 
 
 def build_conventions(
@@ -193,37 +122,22 @@ def build_conventions(
 ) -> str:
     """Run the conventions' steps in a bounded container from `base`, commit it as
     `repository:tag`; the new image's ID. The container goes whatever happens."""
-    script = convention_script(conventions)
-    host_config = api.create_host_config(
-        mem_limit=limits.memory,
-        memswap_limit=limits.memory,
-        nano_cpus=limits.nano_cpus,
-        pids_limit=limits.pids,
-        network_mode=limits.network,
-        security_opt=["no-new-privileges:true"],
-        cap_drop=["ALL"],
-        cap_add=BUILD_CAPABILITIES,
-        init=True,
-        log_config=LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
-    )
     owner_labels = {k: v for k, v in labels.items() if k in (L.OWNER, L.OWNER_UID)}
-    container = api.create_container(
+    with BuildContainer(
+        api,
         base["Id"],
-        entrypoint=["/bin/sh", "-c"],
-        command=[script],
-        user="0:0",
+        limits=limits,
+        log=log,
         labels={L.ROLE: M.BUILD_ROLE, **owner_labels},
-        host_config=host_config,
-        detach=True,
-    )["Id"]
-    try:
-        api.put_archive(container, "/", _tar_dir(BUILD_DIR.lstrip("/")))
-        api.put_archive(container, BUILD_DIR, context)
-        api.start(container)
-        follower = threading.Thread(target=_follow, args=(api, container, log), daemon=True)
-        follower.start()
-        exit_code = _wait(api, container, limits, cancel)
-        follower.join(10)
+        command=["/bin/sh", "-c", convention_script(conventions)],
+        user="0:0",
+        capabilities=BUILD_CAPABILITIES,
+        cancel=cancel,
+        over_room=lambda written: quota_message(written, limits),
+    ) as container:
+        container.put_dir(BUILD_DIR)
+        container.put(BUILD_DIR, context)
+        exit_code = container.run()
         if exit_code == NO_CONDA_EXIT:
             raise KernelConfigError(
                 "environment.yml needs conda (or mamba) in the base image, and this base has "
@@ -241,79 +155,24 @@ def build_conventions(
                 "Fix the step that failed and build again (`labnotebook kernel logs NAME` shows "
                 "the whole log)."
             )
-        conf = _base_config(api, base)
+        conf = _base_config(base)
         conf["Labels"] = {**((base.get("Config") or {}).get("Labels") or {}), **labels}
-        committed = api.commit(
-            container,
-            repository=repository,
-            tag=tag,
+        return container.commit(
+            repository,
+            tag,
             message=f"labnotebook kernel build ({conventions.describe()})",
             author=labels.get(L.OWNER, ""),
             conf=conf,
         )
-        return str(committed["Id"])
-    finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            api.remove_container(container, force=True, v=True)
-
-
-def _follow(api: Any, container: str, log: BuildLog) -> None:
-    pending = b""
-    try:
-        for chunk in api.logs(container, stream=True, follow=True, stdout=True, stderr=True):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                log.add(line.decode(errors="replace"))
-    except (docker.errors.APIError, requests.exceptions.RequestException):
-        pass
-    if pending:
-        log.add(pending.decode(errors="replace"))
-
-
-def _wait(api: Any, container: str, limits: BuildLimits, cancel: threading.Event | None) -> int:
-    started = time.monotonic()
-    last_disk_check = started
-    while True:
-        try:
-            return int(api.wait(container, timeout=1).get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            pass
-        now = time.monotonic()
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("The build was cancelled; nothing was kept.")
-        if limits.time_limit is not None and now - started > limits.time_limit:
-            raise PermissionRefused(
-                f"The build took longer than {_duration(limits.time_limit)}, the most this lab "
-                "allows (BuildPolicy.time_limit); nothing was kept. Install fewer packages per "
-                "image, or build on top of an image you built before (--from)."
-            )
-        if limits.disk_room is not None and now - last_disk_check >= 3:
-            last_disk_check = now
-            rows = api.containers(all=True, filters={"id": container}, size=True)
-            written = int(rows[0].get("SizeRw") or 0) if rows else 0
-            if written > limits.disk_room:
-                raise PermissionRefused(quota_message(written, limits))
 
 
 def quota_message(added: int, limits: BuildLimits) -> str:
     return (
-        f"This build adds {human(added)} to your images, over what is left of "
-        f"{limits.quota_text} ({human(max(0, limits.disk_room or 0))}); nothing was kept. "
+        f"This build adds {human_bytes(added)} to your images, over what is left of "
+        f"{limits.quota_text} ({human_bytes(max(0, limits.disk_room or 0))}); nothing was kept. "
         "Remove versions you no longer need (`labnotebook kernel ls`, `labnotebook kernel rm "
         "NAME:vN`), or ask the lab's admin for a larger quota."
     )
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
-
-
-def human(n: int) -> str:
-    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= factor:
-            return f"{n / factor:.1f} {unit}"
-    return f"{n} bytes"
 
 
 # -- Dockerfiles --------------------------------------------------------------------------------
@@ -390,6 +249,13 @@ def build_dockerfile(
     }
     if limits.memory:
         params.update(memory=limits.memory, memswap=limits.memory)
+    # docker-py's private request helpers, not APIClient.build, for two reasons:
+    # * a cancel or the time limit stops the build by closing its HTTP response from the
+    #   watchdog thread below; APIClient.build hands out only a generator over that response,
+    #   which cannot be closed while another thread is blocked reading it;
+    # * APIClient.build attaches every registry credential of the calling user (in the
+    #   broker: root's ~/.docker/config.json) as X-Registry-Config to a build that a member's
+    #   Dockerfile drives.
     response = api._post(
         api._url("/build"),
         data=context,
@@ -440,7 +306,7 @@ def build_dockerfile(
         raise Cancelled("The build was cancelled; nothing was kept.")
     if not image_id and not error and limits.time_limit is not None:
         raise PermissionRefused(
-            f"The build took longer than {_duration(limits.time_limit)}, the most this lab "
+            f"The build took longer than {duration(limits.time_limit)}, the most this lab "
             "allows (BuildPolicy.time_limit); nothing was kept."
         )
     if error or not image_id:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig
+from docker.types import IPAMConfig, IPAMPool
 
 from . import labels as L
 from .errors import (
@@ -36,6 +36,7 @@ from .errors import (
     KernelLaunchError,
 )
 from .gpus import GpuRequest, gpu_unavailable, is_gpu_driver_error, resolve_gpus
+from .host_config import kernel_host_config
 from .identity import merged_group, merged_passwd
 from .image_checks import refuse_planted_links
 from .mounts import is_mounted
@@ -51,11 +52,6 @@ T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 PULL_POLICIES = ("never", "if-not-present", "always")
-KERNEL_LOG_OPTIONS = {"max-size": "10m", "max-file": "2"}
-"""Docker's json-file log of a kernel container: at most 20 MB whatever the kernel prints."""
-KERNEL_OOM_SCORE_ADJ = 500
-"""Above the hub's processes (0) and the engine's (-500): under memory pressure, the kernel
-that uses the most memory goes first."""
 
 
 IMAGE_FACTS_KEPT = 256
@@ -323,28 +319,7 @@ class DockerEngine:
             networking = self.api.create_networking_config(
                 {spec.network: self.api.create_endpoint_config(ipv4_address=spec.ip)}
             )
-        host_config = self.api.create_host_config(
-            mounts=[m.docker_mount() for m in spec.mounts],
-            network_mode=spec.network,
-            init=spec.init,
-            mem_limit=spec.memory,
-            nano_cpus=spec.nano_cpus,
-            shm_size=spec.shm_size,
-            pids_limit=spec.pids_limit,
-            group_add=[str(g) for g in identity.supplementary_groups] or None,
-            device_requests=[DeviceRequest(**_snake(r)) for r in gpus.device_requests()] or None,
-            port_bindings=port_bindings,
-            security_opt=["no-new-privileges:true"],
-            cap_drop=None if identity.uid == 0 else ["ALL"],
-            # Memory and swap together equal to the limit: a runaway kernel is stopped by the
-            # OOM killer, not swapped until the whole host crawls.
-            memswap_limit=spec.memory,
-            # Kernels are killed first when the host runs out of memory, before the hub, the
-            # broker or the engine.
-            oom_score_adj=KERNEL_OOM_SCORE_ADJ,
-            # A kernel printing without end fills at most this much of the engine's disk.
-            log_config=LogConfig(type="json-file", config=KERNEL_LOG_OPTIONS),
-        )
+        host_config = kernel_host_config(self.api, spec, gpus, port_bindings)
         try:
             created = self.api.create_container(
                 spec.image,
@@ -605,13 +580,3 @@ def _address_problem(message: str) -> bool:
             "is not in",  # "... is not in the subnet of the network"
         )
     )
-
-
-def _snake(request: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "driver": request["Driver"],
-        "count": request["Count"],
-        "device_ids": request["DeviceIDs"],
-        "capabilities": request["Capabilities"],
-        "options": request["Options"],
-    }

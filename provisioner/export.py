@@ -1,4 +1,4 @@
-# ruff: noqa: E501 - the Dockerfile and REPRODUCING.md templates keep their own line lengths
+# ruff: noqa: E501 - the REPRODUCING.md template keeps its own line lengths
 """`labnotebook export`: a saved notebook -> a stand-alone image that re-runs it and checks.
 
 The image is built `FROM` the exact image ID the notebook's record names (`record.py`), with
@@ -10,15 +10,15 @@ the notebook and compares outputs cell by cell (`docker run IMAGE`) or serves Ju
 (`docker run IMAGE serve`).
 
 Everything that can be refused is refused before anything is built: no record, the recorded
-image gone, a data file that cannot be read or lies outside the home. Who builds is a
-`Builder`: `EngineBuilder` talks to the Docker engine (a laptop); in the hub, members have no
-engine, and the build goes through the kernel broker (`BrokerBuilder`).
+image gone, a data file that cannot be read or lies outside the home. What the image is - the
+setup script, the configuration, the labels - is export_recipe.py's, for both builders. Who
+builds is a `Builder`: `EngineBuilder` talks to the Docker engine (a laptop); in the hub,
+members have no engine, and the build goes through the kernel broker (`BrokerBuilder`).
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import gzip
 import io
 import json
@@ -29,56 +29,34 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from . import labels as L
+from . import member_images as M
+from .build_container import BuildLimits, BuildLog
 from .errors import KernelLaunchError
+from .export_recipe import (
+    EXPORT_PREFIX,
+    EXPORT_UID,
+    HUB_WHEELHOUSE,
+    RUNNER_PACKAGES,
+    SHARED_ROOT,
+    ExportPlan,
+    ExportRefused,
+    Item,
+    check_image,
+    within,
+    write_context,
+)
+from .image_backends import broker_socket
 from .record import read_record
+from .sizes import human_bytes
 
-EXPORT_PREFIX = "/opt/labnotebook-export"
-EXPORT_UID = 1000
-EXPORT_USER = "researcher"
-RUNNER_PACKAGES = ("nbclient", "nbformat", "jupyterlab")
 HUB_IMAGE = os.environ.get("LABNOTEBOOK_HUB_IMAGE", "labnotebook/hub:latest")
-HUB_WHEELHOUSE = "/opt/labnotebook/share/labnotebook/wheelhouse"
-SHARED_ROOT = "/home/shared"
 _NAME = re.compile(
     r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$"
 )
-
-
-class ExportRefused(KernelLaunchError):
-    """An export that cannot be made as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Item:
-    source: str
-    """The file as read here (symlinks resolved)."""
-    target: str
-    """Where it goes in the image: the absolute path the notebook knows it by."""
-    size: int
-
-
-@dataclass
-class ExportPlan:
-    notebook: Item
-    record: dict[str, Any]
-    data: list[Item]
-    name: str
-    home: str
-    created: str = field(
-        default_factory=lambda: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    )
-
-    @property
-    def items(self) -> list[Item]:
-        return [self.notebook, *self.data]
-
-    @property
-    def total(self) -> int:
-        return sum(i.size for i in self.items)
 
 
 # -- planning: every refusal happens here, before anything is built ---------------------------
@@ -87,10 +65,6 @@ class ExportPlan:
 def allowed_roots(home: str | None = None) -> list[str]:
     """Where exported files may come from: the member's home and the lab's shared folder."""
     return [os.path.abspath(home or os.path.expanduser("~")), SHARED_ROOT]
-
-
-def _within(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def _readable(path: str, shown: str) -> int:
@@ -114,7 +88,7 @@ def _item(given: str, roots: list[str]) -> Iterator[Item]:
     target = os.path.abspath(given)
     real = os.path.realpath(target)
     for path, what in ((target, "is"), (real, "leads to")):
-        if not _within(path, roots):
+        if not within(path, roots):
             raise ExportRefused(
                 f"{given} {what} {path}, outside your home ({roots[0]}) and {SHARED_ROOT}. Only "
                 "files from there go into an export: copy what the analysis needs into your "
@@ -198,175 +172,20 @@ def missing_image_message(plan: ExportPlan, notebook: str, where: str) -> str:
     )
 
 
-# -- the build context -----------------------------------------------------------------------
-
-
-def export_labels(plan: ExportPlan) -> dict[str, str]:
-    record = plan.record
-    return {
-        "org.labnotebook.export.notebook": plan.notebook.target,
-        "org.labnotebook.export.base-image-id": record["image_id"],
-        "org.labnotebook.export.base-image": str(record.get("image") or ""),
-        "org.labnotebook.export.created": plan.created,
-        "org.opencontainers.image.created": plan.created,
-        "org.opencontainers.image.title": f"Reproduction of {os.path.basename(plan.notebook.target)}",
-    }
-
-
-def user_home(plan: ExportPlan) -> str:
-    """HOME in the image: the member's home when the notebook lives there (so `~` paths in it
-    keep working), else a home of the export's own user."""
-    return plan.home if _within(plan.notebook.target, [plan.home]) else f"/home/{EXPORT_USER}"
-
-
-def kernel_argv(record: dict[str, Any]) -> list[str]:
-    argv = record.get("kernel_argv")
-    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        return argv
-    return ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-
-
-TOOLS_DIR = "/tmp/labnotebook-export-build"
-
-
-def setup_script(plan: ExportPlan) -> str:
-    """What the Dockerfile's RUN steps do, as one script for a bounded build container (the
-    broker's exports): the tools are in TOOLS_DIR, the files already at their paths. Every
-    value from the record is shell-quoted: the record is the member's data."""
-    import shlex
-
-    record = plan.record
-    home = user_home(plan)
-    q = shlex.quote
-    return f"""set -eu
-python3 -m venv {EXPORT_PREFIX}
-{EXPORT_PREFIX}/bin/pip install --no-index --no-cache-dir -q --disable-pip-version-check \
-    --find-links {TOOLS_DIR}/wheels {" ".join(RUNNER_PACKAGES)}
-rm -rf {EXPORT_PREFIX}/share/jupyter/kernels/python3
-cp {TOOLS_DIR}/reproduce.py {EXPORT_PREFIX}/reproduce.py
-{EXPORT_PREFIX}/bin/python {EXPORT_PREFIX}/reproduce.py install-kernelspec \
-    {q(str(record.get("kernelspec") or "python3"))} {q(str(record.get("language") or "python"))} \
-    {q(json.dumps(kernel_argv(record)))}
-grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/passwd \
-    || echo {q(f"{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{home}:/bin/sh")} >> /etc/passwd
-grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/group || echo '{EXPORT_USER}:x:{EXPORT_UID}:' >> /etc/group
-mkdir -p {q(home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(home)} /reproduce
-rm -rf {TOOLS_DIR}
-echo '==> Runner installed'
-"""
-
-
-def image_config(plan: ExportPlan) -> dict[str, Any]:
-    """The Dockerfile's ENV, USER, WORKDIR, ENTRYPOINT... as a commit's configuration."""
-    return {
-        "User": f"{EXPORT_UID}:{EXPORT_UID}",
-        "WorkingDir": os.path.dirname(plan.notebook.target),
-        "Env": [
-            f"HOME={user_home(plan)}",
-            f"LABNOTEBOOK_NOTEBOOK={plan.notebook.target}",
-            "LABNOTEBOOK_REPORT_DIR=/reproduce",
-        ],
-        "Entrypoint": [f"{EXPORT_PREFIX}/bin/python", f"{EXPORT_PREFIX}/reproduce.py"],
-        "Cmd": ["check"],
-        "ExposedPorts": {"8888/tcp": {}},
-        "Labels": export_labels(plan),
-    }
-
-
-def tools_tar(wheelhouse: Path, out: IO[bytes]) -> None:
-    """The runner's part of a broker export: reproduce.py and the lab's wheels."""
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        data = (Path(__file__).parent / "reproduce.py").read_bytes()
-        info = tarfile.TarInfo("reproduce.py")
-        info.size, info.mode = len(data), 0o644
-        tar.addfile(info, io.BytesIO(data))
-        wheels = sorted(p for p in wheelhouse.iterdir() if p.name.endswith(".whl"))
-        if not wheels:
-            raise ExportRefused(f"The wheelhouse {wheelhouse} holds no wheels.")
-        for wheel in wheels:
-            tar.add(str(wheel), f"wheels/{wheel.name}", recursive=False, filter=_plain)
+# -- the files the member's process sends the broker --------------------------------------------
 
 
 def pack_files(plan: ExportPlan, out: IO[bytes]) -> None:
     """The notebook and data as a tar named by their paths in the image (no leading '/'),
-    read by this process - the member's - from the files that were checked."""
+    read by this process - the member's - from the files that were checked (the broker
+    re-packs them as export_recipe.ImageFiles)."""
     with tarfile.open(fileobj=out, mode="w") as tar:
         for item in plan.items:
             with open(item.source, "rb") as f:
+                status = os.fstat(f.fileno())
                 info = tarfile.TarInfo(item.target.lstrip("/"))
-                info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
+                info.size, info.mode, info.mtime = status.st_size, 0o644, int(status.st_mtime)
                 tar.addfile(info, f)
-
-
-def dockerfile(plan: ExportPlan) -> str:
-    record = plan.record
-    argv = kernel_argv(record)
-    kernelspec = record.get("kernelspec") or "python3"
-    notebook_dir = os.path.dirname(plan.notebook.target)
-    home = user_home(plan)
-    labels = export_labels(plan)
-    q = json.dumps
-    label_lines = " \\\n      ".join(f"{q(k)}={q(v)}" for k, v in labels.items())
-    tops = sorted({"/" + item.target.strip("/").split("/")[0] for item in plan.items})
-    return f"""\
-# Generated by `labnotebook export` ({plan.created}): re-runs {os.path.basename(plan.notebook.target)}
-# on the exact image it ran on, and compares the outputs with the saved ones.
-FROM {record["image_id"]}
-USER root
-# The runner (nbclient) and JupyterLab in their own venv, from the lab's wheelhouse: offline.
-COPY wheels /tmp/labnotebook-wheels
-RUN python3 -m venv {EXPORT_PREFIX} \\
- && {EXPORT_PREFIX}/bin/pip install --no-index --no-cache-dir -q --disable-pip-version-check \\
-        --find-links /tmp/labnotebook-wheels {" ".join(RUNNER_PACKAGES)} \\
- && rm -rf /tmp/labnotebook-wheels {EXPORT_PREFIX}/share/jupyter/kernels/python3
-COPY reproduce.py {EXPORT_PREFIX}/reproduce.py
-RUN {EXPORT_PREFIX}/bin/python {EXPORT_PREFIX}/reproduce.py install-kernelspec \\
-        {q(kernelspec)} {q(record.get("language") or "python")} {q(json.dumps(argv))}
-# A non-root user owns and runs everything (UID {EXPORT_UID}; an image's own user with that UID is kept).
-RUN (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/passwd \\
-     || echo '{EXPORT_USER}:x:{EXPORT_UID}:{EXPORT_UID}:{EXPORT_USER}:{home}:/bin/sh' >> /etc/passwd) \\
- && (grep -q '^[^:]*:[^:]*:{EXPORT_UID}:' /etc/group || echo '{EXPORT_USER}:x:{EXPORT_UID}:' >> /etc/group) \\
- && mkdir -p {q(home)} /reproduce && chown {EXPORT_UID}:{EXPORT_UID} {q(home)} /reproduce
-{"".join(f"COPY --chown={EXPORT_UID}:{EXPORT_UID} files{top}/ {top}/{chr(10)}" for top in tops)}\
-LABEL {label_lines}
-ENV HOME={q(home)} LABNOTEBOOK_NOTEBOOK={q(plan.notebook.target)} LABNOTEBOOK_REPORT_DIR=/reproduce
-USER {EXPORT_UID}:{EXPORT_UID}
-WORKDIR {q(notebook_dir)}
-EXPOSE 8888
-ENTRYPOINT ["{EXPORT_PREFIX}/bin/python", "{EXPORT_PREFIX}/reproduce.py"]
-CMD ["check"]
-"""
-
-
-def write_context(plan: ExportPlan, wheelhouse: Path, out: IO[bytes]) -> None:
-    """The build context as a tar: Dockerfile, runner, wheels, and the files - nothing else."""
-    with tarfile.open(fileobj=out, mode="w") as tar:
-
-        def add_bytes(name: str, data: bytes, mode: int = 0o644) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-
-        add_bytes("Dockerfile", dockerfile(plan).encode())
-        add_bytes("reproduce.py", (Path(__file__).parent / "reproduce.py").read_bytes())
-        wheels = sorted(p for p in wheelhouse.iterdir() if p.name.endswith(".whl"))
-        for wheel in wheels:
-            tar.add(str(wheel), f"wheels/{wheel.name}", recursive=False, filter=_plain)
-        if not wheels:
-            raise ExportRefused(f"The wheelhouse {wheelhouse} holds no wheels.")
-        for item in plan.items:
-            # Opened by us (not tar.add of a path): what is added is what was checked.
-            with open(item.source, "rb") as f:
-                info = tarfile.TarInfo("files" + item.target)
-                info.size, info.mode = os.fstat(f.fileno()).st_size, 0o644
-                tar.addfile(info, f)
-
-
-def _plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mode = 0o644
-    return info
 
 
 # -- wheelhouse: what the lab already has ------------------------------------------------------
@@ -497,18 +316,14 @@ class EngineBuilder:
         return image_id or api.inspect_image(tag)["Id"]
 
     def check(self, ref: str, say: Callable[[str], None]) -> int:
-        """`docker run --rm --network none IMAGE`: the image's own check; its exit code."""
-        api = self.engine.api
-        container = api.create_container(
-            ref, host_config=api.create_host_config(network_mode="none"), detach=True
-        )["Id"]
-        try:
-            api.start(container)
-            for line in api.logs(container, stream=True, follow=True):
-                say("  " + line.decode(errors="replace").rstrip("\n"))
-            return int(api.wait(container).get("StatusCode", 1))
-        finally:
-            self.engine.remove(container)
+        """The image's own check with no network, as the broker runs it; its exit code."""
+        return check_image(
+            self.engine.api,
+            ref,
+            labels={L.ROLE: M.BUILD_ROLE},
+            limits=BuildLimits(network="none"),
+            log=BuildLog(on_line=lambda line: say("  " + line)),
+        )
 
     def save(self, ref: str, out: IO[bytes]) -> None:
         for chunk in self.engine.call(self.engine.api.get_image, ref):
@@ -527,8 +342,6 @@ class BrokerBuilder:
     anything the member wrote as build instructions) and tags the image in the member's
     namespace under the lab's quota (hub/broker_exports.py).
     """
-
-    remote = True
 
     def __init__(self, socket_path: str, broker_uid: int | None = 0) -> None:
         from .broker_client import BrokerEngine
@@ -566,7 +379,7 @@ class BrokerBuilder:
                 size=size,
             )
             self.export_id, chunk = str(begun["export"]), int(begun["chunk"])
-            say(f"Sending the files to the lab's builder ({human(size)})")
+            say(f"Sending the files to the lab's builder ({human_bytes(size)})")
             try:
                 sent = 0
                 while True:
@@ -620,8 +433,6 @@ class BrokerBuilder:
 
 def hub_name(given: str | None, notebook: str) -> str:
     """The export's NAME in the member's namespace (`labnotebook-user/MEMBER/NAME:vN`)."""
-    from . import member_images as M
-
     if given is None:
         stem = re.sub(r"[^a-z0-9]+", "-", Path(notebook).stem.lower()).strip("-") or "notebook"
         given = f"{stem[:57].rstrip('-')}-export"
@@ -667,14 +478,6 @@ def _mkdir(path: Path) -> Path:
 # -- the command -------------------------------------------------------------------------------
 
 
-def human(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 def export(
     notebook: str,
     data: list[str],
@@ -704,8 +507,8 @@ def export(
     say(f"  ({plan.record.get('image')}, recorded {plan.record.get('recorded_at')})")
     say("What goes into the image:")
     for item in plan.items:
-        say(f"  {human(item.size):>9}  {item.target}")
-    say(f"  {human(plan.total):>9}  in {len(plan.items)} file(s)")
+        say(f"  {human_bytes(item.size):>9}  {item.target}")
+    say(f"  {human_bytes(plan.total):>9}  in {len(plan.items)} file(s)")
     say(
         "Anyone who gets this image can read every file listed: remove names, IDs, dates of "
         "birth and anything else that identifies people (in the data and in the notebook's "
@@ -729,7 +532,7 @@ def export(
         "added_bytes": added,
         "files": [{"path": i.target, "size": i.size} for i in plan.items],
     }
-    say(f"Built {plan.name} ({image_id[:19]}), {human(added)} over its base image.")
+    say(f"Built {plan.name} ({image_id[:19]}), {human_bytes(added)} over its base image.")
     if remote and not check:
         say("  --check runs its check here in the lab; with Docker (after --archive, docker load):")
     say(
@@ -762,7 +565,7 @@ def export(
         (archive_dir / "REPRODUCING.md").write_text(reproducing_md(plan, image_id, tarball.name))
         result["archive"] = str(tarball.resolve())
         say(
-            f"Wrote {tarball} ({human(tarball.stat().st_size)}) and {archive_dir / 'REPRODUCING.md'}"
+            f"Wrote {tarball} ({human_bytes(tarball.stat().st_size)}) and {archive_dir / 'REPRODUCING.md'}"
         )
     return result
 
@@ -770,7 +573,7 @@ def export(
 def reproducing_md(plan: ExportPlan, image_id: str, tarball: str) -> str:
     record = plan.record
     notebook = os.path.basename(plan.notebook.target)
-    files = "\n".join(f"| `{i.target}` | {human(i.size)} |" for i in plan.items)
+    files = "\n".join(f"| `{i.target}` | {human_bytes(i.size)} |" for i in plan.items)
     from . import reproduce
 
     compared = (reproduce.__doc__ or "").split("What is compared (the documented normalisations):")[
@@ -826,13 +629,9 @@ Everything runs as an unprivileged user (UID {EXPORT_UID}).
 
 
 def main(args: Any) -> int:
-    from .broker_protocol import DEFAULT_SOCKET, SHARED_SOCKET
-
     # In the hub (and its kernels) members have the broker's socket and no engine: exports go
-    # through the broker.
-    broker = args.broker_socket or os.environ.get("LABNOTEBOOK_BROKER_SOCKET")
-    if broker is None and args.docker_host is None:
-        broker = next((s for s in (DEFAULT_SOCKET, SHARED_SOCKET) if os.path.exists(s)), None)
+    # through the broker, found as `labnotebook kernel` finds it; --docker-host names an engine.
+    broker = None if args.docker_host else broker_socket(args.broker_socket)
     if broker:
         builder: Builder = BrokerBuilder(broker)
     else:

@@ -22,9 +22,12 @@ from . import member_images as M
 from .broker_client import BrokerEngine
 from .broker_protocol import DEFAULT_SOCKET, SHARED_SOCKET, error_from_response
 from .build_context import DEFAULT_CONTEXT_LIMIT, Conventions, pack
+from .defaults import KERNEL_IMAGE
 from .errors import KernelConfigError, KernelLaunchError
+from .sizes import human_bytes
 
-DEFAULT_BASE = "labnotebook/kernel-python:latest"
+DEFAULT_BASE = KERNEL_IMAGE
+"""What a build without --from starts from: the lab's Python kernel."""
 
 
 class Images(Protocol):
@@ -68,7 +71,7 @@ class BrokerImages:
         try:
             begun = self.client.call("build", name=name, base=base, size=context.size)
             build, chunk = begun["build"], int(begun["chunk"])
-            say(f"Sending the build folder ({context.size / 1e6:.1f} MB)")
+            say(f"Sending the build folder ({human_bytes(context.size)})")
             try:
                 sent = 0
                 while True:

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import member_images as M
 from .image_backends import DEFAULT_BASE, Images, backend
+from .sizes import human_bytes
 
 PROVISIONER = "labnotebook-docker"
 
@@ -159,7 +160,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         built = row["built"].replace("T", " ")[:19]
         print(
             f"{row['name']:<24}v{row['version']:<8}{row['owner']:<14}{built:<22}"
-            f"{row['added'] / 1e6:>8.1f}MB  {row['id'].removeprefix('sha256:')[:12]}  "
+            f"{human_bytes(row['added']):>10}  {row['id'].removeprefix('sha256:')[:12]}  "
             + ", ".join(notes)
         )
     return 0

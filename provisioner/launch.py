@@ -11,8 +11,6 @@ import posixpath
 import string
 from dataclasses import dataclass
 
-from docker.utils import parse_bytes
-
 from . import labels as L
 from .identity import KernelIdentity
 from .mounts import Mount
@@ -33,13 +31,6 @@ class LabRules:
     """None: Docker enters the working folder itself (a single user's own engine). A command
     prefix: Docker only ever starts the kernel in its home, and this prefix (called with the
     folder, then the kernel's argv) enters the folder as the user; see `entry`."""
-
-
-def size_in_bytes(value: int | str | None) -> int | None:
-    """A size given as bytes or as Docker's "512m", "8g"."""
-    if value is None:
-        return None
-    return parse_bytes(value) if isinstance(value, str) else int(value)
 
 
 def safe_name(name: str) -> str:

@@ -9,20 +9,15 @@ IPython extension). The server's log says the same for the admin.
 
 from __future__ import annotations
 
+from .sizes import human_bytes
+
 NOTICE_ENV = "LABNOTEBOOK_KERNEL_NOTICE"
-
-
-def _size(limit: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20)):
-        if limit >= size:
-            return f"{limit / size:.3g} {unit}"
-    return f"{limit} bytes"
 
 
 def out_of_memory(limit: int) -> str:
     """The notice for a kernel the kernel's memory limit stopped (`limit` in bytes, 0 if
     unknown)."""
-    what = f"its memory limit of {_size(limit)}" if limit > 0 else "its memory limit"
+    what = f"its memory limit of {human_bytes(limit)}" if limit > 0 else "its memory limit"
     return (
         f"The previous kernel of this notebook was stopped because it used all of {what} "
         "(swap included). Everything it held in memory is gone: run the cells you need "

@@ -3,7 +3,7 @@
 Selected by a kernelspec with::
 
     "metadata": {"kernel_provisioner": {"provisioner_name": "labnotebook-docker",
-                                        "config": {"image": "labnotebook/kernel-python:latest"}}}
+                                        "config": {"image": "ourlab/kernel:1"}}}
 
 The kernelspec's `argv` is the command run *inside* the container; `{connection_file}` becomes
 the in-container path of the connection file, which is copied into the container before it
@@ -25,7 +25,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 import zmq
-from docker.utils import parse_bytes
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import (
@@ -44,6 +43,7 @@ from traitlets import (
     validate,
 )
 
+from .defaults import KERNEL_IMAGE
 from .engine import PULL_POLICIES, DockerEngine
 from .errors import (
     AddressUnavailable,
@@ -55,12 +55,13 @@ from .errors import (
 )
 from .gpus import parse_gpus
 from .identity import KernelIdentity
-from .launch import LabRules, size_in_bytes
+from .launch import LabRules
 from .local_engine import LocalEngine
 from .mounts import Mount, container_path
 from .notices import NOTICE_ENV, out_of_memory
 from .reaper import prune
 from .request import PORT_NAMES, LaunchRequest
+from .sizes import positive_size, size_in_bytes
 from .spec import (
     CONNECTION_FILE,
     ContainerState,
@@ -111,7 +112,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     image = Unicode(
         "",
         config=True,
-        help="""The kernel's Docker image, e.g. "labnotebook/kernel-python:latest". Required.
+        help=f"""The kernel's Docker image, e.g. "{KERNEL_IMAGE}". Required.
         The image must contain the kernelspec's argv[0] (for Python kernels: python3 with
         ipykernel). The image's own users, /etc and default environment are kept.""",
     )
@@ -303,20 +304,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     # -- validation of settings --------------------------------------------------------------
 
     @validate("memory", "shm_size")
-    def _valid_size(self, proposal: dict[str, Any]) -> Any:
-        value = proposal["value"]
-        if value is None:
-            return None
-        try:
-            size = parse_bytes(value) if isinstance(value, str) else int(value)
-        except Exception:
-            size = -1
-        if not isinstance(size, int) or size <= 0:
-            raise TraitError(
-                f"{proposal['trait'].name} must be a positive size such as 2147483648, "
-                f'"512m" or "8g"; got {value!r}'
-            )
-        return value
+    def _positive_size(self, proposal: dict[str, Any]) -> Any:
+        return positive_size(proposal["value"], proposal["trait"].name)
 
     @validate("cpus")
     def _valid_cpus(self, proposal: dict[str, Any]) -> Any:
@@ -433,7 +422,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 f"The kernelspec {self._kernel_name()!r} uses the labnotebook-docker provisioner "
                 'but names no image. Add it to kernel.json: "metadata": {"kernel_provisioner": '
                 '{"provisioner_name": "labnotebook-docker", "config": {"image": '
-                '"labnotebook/kernel-python:latest"}}}.'
+                f'"{KERNEL_IMAGE}"'
+                "}}}."
             )
         km = self.parent
         identity = self.identity()

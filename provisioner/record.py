@@ -1,7 +1,7 @@
 """The record a saved notebook keeps of the environment it ran in: `metadata.labnotebook`.
 
     "labnotebook": {
-      "image": "labnotebook/kernel-python:latest",     # as the kernelspec named it
+      "image": "ourlab/kernel:1",                      # as the kernelspec named it
       "image_id": "sha256:3c33...",                    # what the container actually ran
       "repo_digests": ["registry/x@sha256:..."],       # when pushed or pulled
       "labels": {"org.opencontainers.image.title": ..., "org.labnotebook.owner": ...},

@@ -29,7 +29,7 @@ async def test_a_launch_past_the_members_memory_cap_is_refused_naming_their_kern
         with pytest.raises(PermissionRefused) as refused:
             await operations.op_launch(me, {"spec": kernel_spec()})
         message = str(refused.value)
-        assert "6g" in message and "5g this lab allows per member" in message, message
+        assert "6 GiB" in message and "5 GiB this lab allows per member" in message, message
         assert message.count("broker-test") == 2  # names the member's kernels
         # A smaller kernel still fits.
         small = kernel_spec(memory=1 << 30)

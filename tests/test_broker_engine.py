@@ -262,7 +262,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("over-home", {"mounts": [{"source": "{other}", "target": "/home"}]}, "already mounts"),
     ("image", {"image": "debian:bookworm"}, "not one of this lab's kernel images"),
     ("publish", {"publish_ports": True}, "never on ports published on the host"),
-    ("memory", {"memory": 64 << 30}, "asks for 64g of memory, but this lab allows at most 2g"),
+    ("memory", {"memory": 64 << 30}, "for 64 GiB of memory, but this lab allows at most 2 GiB"),
     ("cpus", {"nano_cpus": 2 * 10**9}, "at most 1.5 CPUs"),
     ("pids", {"pids_limit": 100_000}, "at most 4096 processes"),
     ("pull", {"pull_policy": "always"}, "pull policy 'always' is not allowed"),

@@ -244,9 +244,9 @@ def test_limits_are_capped_refused_or_clamped() -> None:
     spec = refuse.admit(user_peer(), kernel_spec(**asked))
     assert (spec.memory, spec.nano_cpus, spec.shm_size, spec.pids_limit) == tuple(asked.values())
     too_much = [
-        ({"memory": 64 << 30}, "asks for 64g of memory, but this lab allows at most 2g"),
+        ({"memory": 64 << 30}, "asks for 64 GiB of memory, but this lab allows at most 2 GiB"),
         ({"nano_cpus": 4_000_000_000}, "asks for 4 CPUs, but this lab allows at most 1.5 CPUs"),
-        ({"shm_size": 8 << 30}, "8g of /dev/shm"),
+        ({"shm_size": 8 << 30}, "8 GiB of /dev/shm"),
         ({"pids_limit": 100_000}, "at most 512 processes"),
     ]
     for request, message in too_much:

@@ -156,6 +156,20 @@ def test_export_reproduces_with_no_network(lab: dict) -> None:
     assert "differs" not in logs
 
 
+def test_export_check_runs_as_the_brokers_does(lab: dict) -> None:
+    """`--check` on a laptop: the image's own check in the same bounded container as the
+    broker's (no network, no capabilities), its lines shown as they come; nothing is left."""
+    from labnotebook.provisioner.export import EngineBuilder
+
+    client = lab["client"]
+    lines: list[str] = []
+    code = EngineBuilder().check(lab["image"], lines.append)
+    assert code == 0, "\n".join(lines)
+    assert any("REPRODUCED" in line for line in lines)
+    assert all(line.startswith("  ") for line in lines)
+    assert not client.containers.list(all=True, filters={"ancestor": lab["image"]})
+
+
 def test_altered_data_reports_exactly_the_differing_cells(lab: dict, tmp_path: Path) -> None:
     altered = tmp_path / "measurements.csv"
     altered.write_text(ALTERED_DATA)

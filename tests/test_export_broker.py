@@ -399,6 +399,48 @@ def test_one_build_or_export_per_member_at_a_time(
         xlab.request("export_cancel", export=begun["export"])
 
 
+def test_a_build_begun_after_an_export_does_not_cancel_its_check(xlab: ExportLab) -> None:
+    """A kernel build's start lets go of the member's finished jobs. The export's check, run
+    after it (export_check on the same export), must not find itself cancelled by that: each
+    job stops only by its own cancel (once, an export's placeholder in the build table shared
+    the export's cancel, and the build's start set it)."""
+    notebook = xlab.home() / NOTEBOOK
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in (notebook, xlab.home() / "paper/data/measurements.csv"):
+            content = path.read_bytes()
+            info = tarfile.TarInfo(str(path).lstrip("/"))
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    packed = buffer.getvalue()
+
+    def finished(export: str, since: int = 0) -> dict[str, Any]:
+        while True:
+            status = xlab.request("export_status", export=export, since=since, wait=5)
+            since = status["next"]
+            if status["done"]:
+                return dict(status)
+
+    begun = xlab.request(
+        "export", name="recheck", image=xlab.record["image_id"], notebook=str(notebook),
+        size=len(packed),
+    )  # fmt: skip
+    export = begun["export"]
+    xlab.request("export_data", export=export, data=base64.b64encode(packed).decode(), last=True)
+    built = finished(export)
+    assert not built.get("error"), built
+    # A build begins (dropping the member's finished jobs) and is stopped.
+    build = xlab.request("build", name="between", base=None, size=10)
+    xlab.request("build_cancel", build=build["build"])
+    started = xlab.request("export_check", export=export)
+    checked = finished(export, int(started["next"]))
+    assert not checked.get("error"), checked
+    assert checked["result"]["check_exit"] == 0, checked
+    # The check held the member's one slot while it ran, and let go of it.
+    again = xlab.request("build", name="between", base=None, size=10)
+    xlab.request("build_cancel", build=again["build"])
+
+
 def test_kernel_ls_marks_images_saved_notebooks_name_and_rm_needs_force(
     xlab: ExportLab, exported: dict[str, Any]
 ) -> None:

@@ -108,7 +108,8 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lab.tls_hostnames == ("hub.example.org", "10.0.0.5")
     with pytest.raises(SystemExit, match="SERVER_IDLE_TIMEOUT must be a number"):
         lab_settings(monkeypatch, SERVER_IDLE_TIMEOUT="soon")
-    # The defaults live in hub/lab.sh only: without it, a clear refusal, not a guess.
+    # The defaults come from hub/settings_schema.py through lab.sh: without them, a clear
+    # refusal, not a guess.
     monkeypatch.delenv("HOMES_VOLUME")
     with pytest.raises(SystemExit, match=r"HOMES_VOLUME is not set.*make up"):
         LabSettings.from_env()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from labnotebook.provisioner.sizes import human_bytes
 
 from .conftest import Lab, _signed_up_and_approved, free_port, run
 from .hubclient import Execution, HubUser
@@ -161,7 +162,7 @@ def test_a_kernel_past_its_memory_limit_is_stopped_and_the_notebook_says_why(
     assert _kernel_container(kernel) not in ("", container)
     assert "exited unexpectedly with code 137 (out of memory)" in log
     assert "stopped because it used all of its memory limit" in told.stderr, told.stderr
-    assert f"{limit / (1 << 30):.3g} GiB" in told.stderr
+    assert human_bytes(limit) in told.stderr
     assert told.stdout.strip() == "after"
     # Told once: the next cell is quiet.
     assert "labnotebook" not in alice.execute(kernel, "print(1)").stderr
