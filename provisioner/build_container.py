@@ -31,6 +31,7 @@ from typing import IO, Any
 import docker.errors
 import requests.exceptions
 
+from .durations import human_duration
 from .errors import KernelLaunchError, PermissionRefused
 from .host_config import build_host_config
 
@@ -102,11 +103,6 @@ class BuildFailed(KernelLaunchError):
 
 class Cancelled(KernelLaunchError):
     """The member stopped the build."""
-
-
-def duration(seconds: float) -> str:
-    """A time limit as a refusal says it."""
-    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
 
 
 def directory_tar(path: str) -> bytes:
@@ -247,8 +243,8 @@ class BuildContainer:
                 raise Cancelled("The build was cancelled; nothing was kept.")
             if limits.time_limit is not None and now - started > limits.time_limit:
                 raise PermissionRefused(
-                    f"The build took longer than {duration(limits.time_limit)}, the most this "
-                    "lab allows (BuildPolicy.time_limit); nothing was kept. Install fewer "
+                    f"The build took longer than {human_duration(limits.time_limit)}, the most "
+                    "this lab allows (BuildPolicy.time_limit); nothing was kept. Install fewer "
                     "packages per image, or build on top of an image you built before (--from)."
                 )
             if limits.disk_room is not None and now - last_disk_check >= DISK_CHECK_SECONDS:

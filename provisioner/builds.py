@@ -35,9 +35,9 @@ from .build_container import (
     BuildLimits,
     BuildLog,
     Cancelled,
-    duration,
 )
 from .build_context import Conventions
+from .durations import human_duration
 from .errors import KernelConfigError, PermissionRefused
 from .sizes import human_bytes
 
@@ -306,8 +306,8 @@ def build_dockerfile(
         raise Cancelled("The build was cancelled; nothing was kept.")
     if not image_id and not error and limits.time_limit is not None:
         raise PermissionRefused(
-            f"The build took longer than {duration(limits.time_limit)}, the most this lab "
-            "allows (BuildPolicy.time_limit); nothing was kept."
+            f"The build took longer than {human_duration(limits.time_limit)}, the most this "
+            "lab allows (BuildPolicy.time_limit); nothing was kept."
         )
     if error or not image_id:
         if "pull access denied" in error or "not found" in error.lower():
