@@ -62,6 +62,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode, default
 from traitlets.config import Application, catch_config_error
 
+from .broker_gpus import GpuPolicy
 from .broker_operations import BrokerOperations, username
 from .broker_policy import LaunchPolicy, Peer
 
@@ -82,7 +83,7 @@ class KernelBroker(Application):
     name = "labnotebook-broker"
     description = "Launch, signal, inspect and remove users' kernel containers for them."
     version = __version__
-    classes: ClassVar[list[type]] = [LaunchPolicy]
+    classes: ClassVar[list[type]] = [LaunchPolicy, GpuPolicy]
     aliases: ClassVar[dict[str, str]] = {
         "socket": "KernelBroker.socket_path",
         "config": "KernelBroker.config_file",

@@ -33,6 +33,7 @@ from .addresses import AddressBook
 from .broker_arguments import arguments
 from .broker_builds import ImageService
 from .broker_exports import ExportOperations, ExportPolicy, ExportService
+from .broker_gpus import GpuPolicy, GpuService
 from .broker_policy import _TOKEN, LaunchPolicy, Peer
 from .build_policy import BuildPolicy
 
@@ -83,6 +84,7 @@ class BrokerOperations(ExportOperations):
         max_wait: float = 600.0,
         address_hold: float = 300.0,
         build_policy: BuildPolicy | None = None,
+        gpu_policy: GpuPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -100,6 +102,7 @@ class BrokerOperations(ExportOperations):
         self.addresses = AddressBook(policy.network, address_hold, log)
         self.build_policy = build_policy or BuildPolicy(config=policy.config, log=log)
         self.images = ImageService(engine, policy, self.build_policy, log)
+        self.gpus = GpuService(engine, gpu_policy or GpuPolicy(config=policy.config, log=log), log)
         self.exports = ExportService(self.images, ExportPolicy(config=policy.config, log=log), log)
 
     def handler(self, op: str) -> Callable[[Peer, dict[str, Any]], Any]:
@@ -132,13 +135,19 @@ class BrokerOperations(ExportOperations):
 
         def launch() -> tuple[dict[str, Any], float]:
             member_image = self.images.launchable(peer, args["spec"].get("image"))
-            request = self.policy.admit(peer, args["spec"], member_image=member_image)
-            # Launched for the peer process itself: when it is gone, the reaper removes it.
-            spec = self.policy.container_for(peer, request)
-            with self._reserve_kernel(peer.uid, spec.memory or 0):
+            admitted = self.policy.admit(peer, args["spec"], member_image=member_image)
+            with (
+                self._reserve_kernel(peer.uid, admitted.memory or 0),
+                self.gpus.assigned(peer, username(peer.uid), admitted) as (request, gpus),
+            ):
+                # Launched for the peer process itself: when it is gone, the reaper removes
+                # it. Its GPUs (if any) are exactly the ones the book gave it.
+                spec = self.policy.container_for(peer, request, launcher_labels=gpus)
                 started = time.perf_counter()
                 launched = self.addresses.launch(spec, peer.uid, self.engine)
-                return dataclasses.asdict(launched), (time.perf_counter() - started) * 1000
+                engine_ms = (time.perf_counter() - started) * 1000
+                self.gpus.confirm(spec, launched.container_id)
+                return dataclasses.asdict(launched), engine_ms
 
         result, engine_ms = await self.run(launch)
         return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
@@ -231,13 +240,18 @@ class BrokerOperations(ExportOperations):
         return await self._on_owned(peer, args["container"], send, None)
 
     async def op_remove(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = arguments(request, "remove", container=str)
+        args = arguments(request, "remove", container=str, restarting=(bool, False))
 
         def remove() -> None:
             details = self._owned(peer, _container_ref(args["container"]))
             if details is None:
                 return
+            if args["restarting"]:
+                # Before the removal: no sync in between may hand its GPUs to another kernel.
+                self.gpus.release(details["id"], restarting=True)
             self.engine.remove(details["id"])
+            # After it: nobody gets a GPU whose memory the old kernel still holds.
+            self.gpus.release(details["id"])
             self.addresses.release(details["id"])
 
         return {"ok": True, "result": await self.run(remove)}
@@ -269,6 +283,10 @@ class BrokerOperations(ExportOperations):
             owner = peer.uid
         return {"ok": True, "result": await self.run(self.engine.kernel_containers, owner)}
 
+    async def op_gpus(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        arguments(request, "gpus")
+        return {"ok": True, "result": await self.run(self.gpus.view, peer)}
+
     async def op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         arguments(request, "reap")
         if not peer.is_root:
@@ -285,6 +303,7 @@ class BrokerOperations(ExportOperations):
                 continue
             name = ((container.get("Names") or [""])[0] or container["Id"][:12]).lstrip("/")
             self.engine.remove(container["Id"])
+            self.gpus.release(container["Id"])
             self.log.info(
                 "Reaped kernel container %s of %s: its server %s is gone",
                 name,

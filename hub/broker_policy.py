@@ -335,15 +335,20 @@ class LaunchPolicy(LoggingConfigurable):
         )
 
     def container_for(
-        self, peer: Peer, admitted: LaunchRequest, server: str | None = None
+        self,
+        peer: Peer,
+        admitted: LaunchRequest,
+        server: str | None = None,
+        launcher_labels: dict[str, str] | None = None,
     ) -> KernelContainerSpec:
         """The container an admitted request becomes for `peer`: `launch.container_spec`
         with the peer's identity and the lab's rules. `server` names the launching process
-        for the reaper (default: the peer's own)."""
+        for the reaper (default: the peer's own); `launcher_labels` are the broker's own."""
         identity = self.identity_of(peer)
         if server is None:
             server = L.server_identity(peer.pid) if peer.pid > 0 else "unknown"
-        return container_spec(admitted, identity, self.rules_for(identity), server=server)
+        rules = self.rules_for(identity)
+        return container_spec(admitted, identity, rules, server, launcher_labels)
 
     def rules_for(self, identity: KernelIdentity) -> LabRules:
         """What the lab decides for every kernel of `identity`, whatever the request says."""

@@ -90,7 +90,9 @@ def _seconds(setting: Setting, value: str) -> int:
     return seconds
 
 
-def _count(setting: Setting, value: str) -> int:
+def _count(setting: Setting, value: str) -> int | None:
+    if not value:
+        return None  # a count with no default, left empty: its help says what that means
     if not value.isdigit():
         raise SystemExit(f"{setting.name} must be a whole number, 0 or more; got {value!r}")
     return int(value)
@@ -153,6 +155,9 @@ class LabSettings:
     member_memory: str
     build_quota: str
     build_dockerfile: bool
+    gpus: tuple[str, ...]
+    member_gpus: int | None
+    gpu_sharing: bool
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabSettings:

@@ -81,13 +81,14 @@ class Setting:
         return environ.get(self.name) or string.Template(self.default).substitute(earlier)
 
 
-HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, BUILDS, COMMANDS = (
+HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, COMMANDS = (
     "The lab and its hub",
     "Docker network and volumes",
     "HTTPS and sign-in",
     "Members' homes and rights",
     "Idle servers and kernels",
     "Resource bounds",
+    "GPUs",
     "Kernel images members build",
     "Backups, logs and waiting for the hub",
 )
@@ -182,6 +183,15 @@ SETTINGS: tuple[Setting, ...] = (
         help="Processes and threads in the hub container."),
     Setting("LOG_MAX_SIZE", "50m", "size", RESOURCES,
         help="The hub container's log, kept in 3 files of at most this size."),
+    Setting("GPUS", "", "list", GPUS, field="gpus", help="""The host's GPUs the lab hands
+        out, by index or UUID, e.g. 0,1,2,3 (`nvidia-smi -L` lists them; MIG instances as
+        0:1 or MIG-...). Each GPU kernel gets GPUs of its own. Empty: the lab has no GPUs, and
+        GPU kernels are refused with a message that says so."""),
+    Setting("MEMBER_GPUS", "", "count", GPUS, field="member_gpus", help="""How many GPUs one
+        member's kernels may hold at once. Empty: half the lab's GPUs, and at least 1."""),
+    Setting("GPU_SHARING", "", "flag", GPUS, field="gpu_sharing", help="""yes: when no GPU
+        is free, a GPU kernel shares the least-loaded one (its member is told). no: it is
+        refused at once, with who holds each GPU."""),
     Setting("BUILD_QUOTA", "10g", "size", BUILDS, field="build_quota", missing="default",
         help="""The disk one member's kernel images (`labnotebook kernel build`) may add over
         their bases, e.g. "20g". none: no quota."""),

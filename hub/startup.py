@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from labnotebook.kernelspecs import bundled
+from labnotebook.provisioner.errors import KernelConfigError
 
-from . import sharing, tls, users
+from . import gpu_inventory, sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
     BROKER_CONFIG,
@@ -220,6 +221,10 @@ def broker_config(settings: LabSettings, sample_images: list[str] | None = None)
     c.LaunchPolicy.allowed_images.append("mylab/*") to extend a list. `sample_images`: the
     sample kernels' images offered (write_sample_kernelspecs), which kernels may run too.
     """
+    try:
+        gpu_inventory.from_setting(",".join(settings.gpus))
+    except KernelConfigError as e:
+        raise SystemExit(f"GPUS: {e}") from None
     return {
         "KernelBroker": {"docker_host": f"unix://{ENGINE_SOCKET}"},
         "LaunchPolicy": {
@@ -235,6 +240,11 @@ def broker_config(settings: LabSettings, sample_images: list[str] | None = None)
             "max_memory": resolve_memory(settings.kernel_memory, eighths=1),
             "max_cpus": resolve_cpus(settings.kernel_cpus),
             "max_memory_per_user": resolve_memory(settings.member_memory, eighths=4),
+        },
+        "GpuPolicy": {
+            "devices": list(settings.gpus),
+            "member_gpus": settings.member_gpus,
+            "sharing": settings.gpu_sharing,
         },
         "BuildPolicy": {
             "default_base": settings.kernel_image,

@@ -235,8 +235,14 @@ class BrokerEngine:
     def signal(self, container_id: str, signum: int) -> None:
         self.call("signal", container=container_id, signal=int(signum))
 
-    def remove(self, container_id: str) -> None:
-        self.call("remove", container=container_id)
+    def remove(self, container_id: str, restarting: bool = False) -> None:
+        # Sent only when true, so that brokers from before the lab's GPU book understand it.
+        extra = {"restarting": True} if restarting else {}
+        self.call("remove", container=container_id, **extra)
+
+    def gpus(self) -> list[dict[str, Any]]:
+        """The lab's GPUs and who holds each (`labnotebook gpus`)."""
+        return list(self.call("gpus"))
 
     def logs(self, container_id: str, tail: int = 20) -> str:
         return str(self.call("logs", container=container_id, tail=int(tail)))

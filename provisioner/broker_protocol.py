@@ -47,7 +47,7 @@ MAX_LINE = 1 << 20
 # (hub/broker_builds.py): a build is build, build_data..., build_status... on one connection;
 # an export (hub/broker_exports.py) likewise export, export_data..., export_status...
 OPS = (
-    "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap",
+    "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap", "gpus",
     "build", "build_data", "build_status", "build_cancel", "build_log",
     "images", "image_remove", "image_publish",
     "export_base", "export", "export_data", "export_status", "export_cancel", "export_check",
@@ -60,7 +60,7 @@ OPS = (
 # kernel when the process that launched it is gone, which it cannot tell for such a caller.
 UNSEEN_PEER_OPS = frozenset(
     {
-        "hello", "build", "build_data", "build_status", "build_cancel", "build_log",
+        "hello", "gpus", "build", "build_data", "build_status", "build_cancel", "build_log",
         "images", "image_remove", "image_publish",
         "export_base", "export", "export_data", "export_status", "export_cancel",
         "export_check", "export_save",

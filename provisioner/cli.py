@@ -4,6 +4,7 @@ labnotebook kernels ls [--all-users]
 labnotebook kernels prune [--all] [--dry-run]
 labnotebook kernelspec install [--user | --sys-prefix | --prefix DIR] [--image IMAGE] [NAME]
 labnotebook kernelspec list
+labnotebook gpus [--json]
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ def parser() -> argparse.ArgumentParser:
     from .export import add_parser as add_export
 
     add_export(groups)
+
+    from .gpu_cli import add_parser as add_gpus
+
+    add_gpus(groups)
     return top
 
 

@@ -85,11 +85,14 @@ def container_spec(
     identity: KernelIdentity,
     rules: LabRules,
     server: str | None = None,
+    launcher_labels: dict[str, str] | None = None,
 ) -> KernelContainerSpec:
     """The container for `request`, run as `identity`, under `rules`.
 
     `server` names the launching Jupyter server process (see labels.server_identity; default:
     this process), so that the reaper removes kernels whose server is gone.
+    `launcher_labels`: the launcher's own facts about the container (the broker's record of
+    its GPUs), which a request's labels can never set.
     """
     working_dir, argv = entry(request.working_dir, list(request.argv), identity, rules.cwd_shim)
     return KernelContainerSpec(
@@ -117,7 +120,8 @@ def container_spec(
             extra=request.labels,
             server=server,
             memory=request.memory,
-        ),
+        )
+        | (launcher_labels or {}),
         pull_policy=request.pull_policy,
         name=container_name(identity.username, request.kernel_id),
         init=request.init,

@@ -44,8 +44,8 @@ class LocalEngine:
     def signal(self, container_id: str, signum: int) -> None:
         self.docker.signal(container_id, signum)
 
-    def remove(self, container_id: str) -> None:
-        self.docker.remove(container_id)
+    def remove(self, container_id: str, restarting: bool = False) -> None:
+        self.docker.remove(container_id)  # a single user's engine keeps no GPU book
 
     def logs(self, container_id: str, tail: int = 20) -> str:
         return self.docker.logs(container_id, tail)

@@ -730,13 +730,13 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         await self.send_signal(signals.SIGTERM)
 
     async def cleanup(self, restart: bool = False) -> None:
-        await self._remove_container()
+        await self._remove_container(restarting=restart)
 
-    async def _remove_container(self) -> None:
+    async def _remove_container(self, restarting: bool = False) -> None:
         self._exit_watch = None
         if self.container_id is not None:
             self._shutting_down = True
-            await in_thread(self.engine.remove, self.container_id)
+            await in_thread(self.engine.remove, self.container_id, restarting=restarting)
             self.container_id = None
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:

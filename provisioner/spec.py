@@ -102,8 +102,9 @@ class KernelEngine(Protocol):
     def signal(self, container_id: str, signum: int) -> None:
         """Deliver a signal to the container's init, which forwards it to the kernel."""
 
-    def remove(self, container_id: str) -> None:
-        """Remove the container, running or not; a missing one is fine."""
+    def remove(self, container_id: str, restarting: bool = False) -> None:
+        """Remove the container, running or not; a missing one is fine. `restarting`: the
+        same kernel starts again at once (the lab keeps its GPUs for it)."""
 
     def logs(self, container_id: str, tail: int = 20) -> str:
         """The container's last output lines."""

@@ -42,9 +42,9 @@ def test_the_kernelspec_asks_for_gpus_where_there_are_some() -> None:
     provisioner = spec["metadata"]["kernel_provisioner"]
     assert provisioner["provisioner_name"] == "labnotebook-docker"
     assert provisioner["config"]["image"] == "labnotebook/kernel-gpu:latest"
-    # "auto": all GPUs where the engine has the NVIDIA runtime, none elsewhere. "all" would
-    # make the engine refuse the kernel on a host without GPUs instead of starting it.
-    assert provisioner["config"]["gpus"] == "auto"
+    # One GPU of its own: in the lab the broker picks a free one (hub/broker_gpus.py); "auto"
+    # or "all" would hand every GPU kernel every GPU.
+    assert provisioner["config"]["gpus"] == 1
     # The image is the lab's Python kernel underneath: the same command, encrypted the same.
     assert spec["argv"] == python["argv"]
     assert spec["metadata"]["supported_encryption"] == ["curve"]
@@ -102,7 +102,14 @@ async def test_the_kernel_starts_and_says_whether_it_has_a_gpu(
     kernel_specs, start_kernel, report_image, docker_client
 ) -> None:
     spec = gpu_spec()
-    config = {**spec["metadata"]["kernel_provisioner"]["config"], "image": report_image}
+    # What the image itself says about the GPUs it got, on whatever this engine has: "auto"
+    # (all where the engine has some, none elsewhere), not the kernelspec's 1, which a
+    # single user's engine without GPUs refuses (the lab's broker picks one: test_gpu_book).
+    config = {
+        **spec["metadata"]["kernel_provisioner"]["config"],
+        "image": report_image,
+        "gpus": "auto",
+    }
     name = kernel_specs(argv=spec["argv"], env=spec["env"], encrypted=True, **config)
     km, kc = await start_kernel(name)
     [container] = [

@@ -1,0 +1,189 @@
+"""The broker's GPUs: the lab's devices, who may hold how many, and each GPU kernel's own.
+
+`GpuPolicy` is the admin's part (`make up GPUS=0,1 MEMBER_GPUS=1 GPU_SHARING=yes`, written
+into the broker's configuration by hub/startup.py). `GpuService` is what the broker's
+operations call around a kernel's launch and removal; the bookkeeping itself is
+`gpu_book.GpuBook`'s, and the engine's running containers are its truth (`sync` before
+every assignment and view), so a kernel's GPUs are free the moment its container ends,
+however it ended, and a restarted broker finds every holder again from the containers'
+labels.
+
+In the lab, a kernel asks for a number of GPUs (the GPU kernelspec asks for 1). Its
+`gpus: auto` means none here: on the lab's shared GPUs a kernel gets devices only by asking,
+never all of them by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.gpus import GpuRequest
+from labnotebook.provisioner.notices import NOTICE_ENV
+from labnotebook.provisioner.request import LaunchRequest
+from labnotebook.provisioner.spec import KernelContainerSpec
+from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from . import gpu_book, gpu_inventory
+from .broker_policy import Peer
+
+
+class GpuPolicy(LoggingConfigurable):
+    """How the lab shares its GPUs."""
+
+    devices = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""The lab's GPUs, by NVML index ("0", "1", "0:1" for a MIG instance) or UUID
+        ("GPU-...", "MIG-..."): `make up GPUS=0,1`. Empty: the lab has no GPUs, and GPU
+        kernels are refused with a message that says so.""",
+    )
+    sharing = Bool(
+        False,
+        config=True,
+        help="""Hand out a GPU that another kernel holds when none is free, least-loaded
+        first (`make up GPU_SHARING=yes`); the member is told it is shared. Off: a start
+        that finds no free GPU is refused at once, naming who holds each.""",
+    )
+    member_gpus = Int(
+        None,
+        allow_none=True,
+        config=True,
+        help="""How many GPUs one member's kernels may hold at once (`make up MEMBER_GPUS=`).
+        None: half the lab's GPUs, and at least 1.""",
+    )
+    allow_all = Bool(
+        False,
+        config=True,
+        help="""Let a kernel ask for all of the lab's GPUs (gpus: "all"); it still counts
+        against member_gpus.""",
+    )
+    restart_hold = Float(
+        300.0,
+        config=True,
+        help="""Seconds a restarted kernel's GPUs stay held for it between its old
+        container's removal and its new one's launch.""",
+    )
+
+    @validate("devices")
+    def _valid_devices(self, proposal: dict[str, Any]) -> Any:
+        try:
+            gpu_inventory.from_setting(",".join(proposal["value"]))
+        except KernelConfigError as e:
+            raise TraitError(f"GpuPolicy.devices: {e}") from None
+        return proposal["value"]
+
+    @validate("member_gpus")
+    def _valid_cap(self, proposal: dict[str, Any]) -> Any:
+        value = proposal["value"]
+        if value is not None and value < 0:
+            raise TraitError(f"GpuPolicy.member_gpus must be 0 or more, not {value}")
+        return value
+
+    def book(self) -> gpu_book.GpuBook:
+        return gpu_book.GpuBook(
+            gpu_inventory.from_setting(",".join(self.devices)),
+            sharing=self.sharing,
+            member_cap=self.member_gpus,
+            allow_all=self.allow_all,
+            restart_hold=self.restart_hold,
+        )
+
+
+def wanted_count(gpus: str | GpuRequest) -> int:
+    """How many GPUs an admitted request asks the lab for (0: none; gpu_book.ALL: all)."""
+    if not isinstance(gpus, GpuRequest) or not gpus.wanted:
+        return 0  # "auto": none in the lab (module docstring)
+    if gpus.device_ids:
+        raise PermissionRefused(
+            "In this lab the broker picks a kernel's GPUs: ask for a number of GPUs (gpus: 1) "
+            "instead of naming devices. `labnotebook gpus` shows who holds which."
+        )
+    return gpu_book.ALL if gpus.count == -1 else gpus.count
+
+
+def shared_notice(assignment: gpu_book.Assignment) -> str:
+    devices = ", ".join(assignment.devices)
+    return (
+        f"This kernel shares its GPU ({devices}) with another kernel: every GPU of the lab is "
+        "in use, and the lab shares them (GPU_SHARING). Memory and time on it are split, so "
+        "large models may run out of GPU memory; `labnotebook gpus` shows who else is on it."
+    )
+
+
+class GpuService:
+    """The lab's GPUs as the broker's operations use them."""
+
+    def __init__(self, engine: Any, policy: GpuPolicy, log: Any) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.log = log
+        self.book = policy.book()
+
+    def sync(self) -> None:
+        """Agree with the engine's running kernel containers (labels and states)."""
+        mark = self.book.mark()
+        report = self.book.sync(self.engine.kernel_containers(), mark=mark)
+        for hold in report.released:
+            self.log.info(
+                "GPU %s free again: kernel %s of %s ended", hold.device_id, hold.kernel_id,
+                hold.username,
+            )  # fmt: skip
+        for hold in report.adopted:
+            self.log.info(
+                "GPU %s held by kernel %s of %s (found running)", hold.device_id,
+                hold.kernel_id, hold.username,
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def assigned(
+        self, peer: Peer, username: str, request: LaunchRequest
+    ) -> Iterator[tuple[LaunchRequest, dict[str, str]]]:
+        """The request with exactly its own GPUs, and the labels that record them, while the
+        launch runs: a launch that fails frees them at once; `confirm` keeps them."""
+        count = wanted_count(request.gpus)
+        if count == 0:
+            yield dataclasses.replace(request, gpus=GpuRequest()), {}
+            return
+        self.sync()
+        assignment = self.book.assign(
+            peer.uid, username, request.kernel_id, request.kernel_name, count
+        )
+        env = dict(request.env)
+        if assignment.shared:
+            # Told in the kernel's first cell (notices.py), with any notice already there.
+            told = env.get(NOTICE_ENV, "")
+            env[NOTICE_ENV] = "\n\n".join(filter(None, [told, shared_notice(assignment)]))
+        try:
+            yield (
+                dataclasses.replace(request, gpus=assignment.request(), env=env),
+                gpu_book.labels(assignment, assignment.since or time.time()),
+            )
+        except BaseException:
+            self.book.abandon(request.kernel_id)
+            raise
+
+    def confirm(self, spec: KernelContainerSpec, container_id: str) -> None:
+        """The launch made `container_id`: its GPUs are held by it now."""
+        if spec.labels.get(gpu_book.GPUS):
+            self.book.confirm(spec.kernel_id, container_id)
+
+    def release(self, container_id: str, restarting: bool = False) -> None:
+        self.book.release(container_id, restarting=restarting)
+
+    def view(self, peer: Peer) -> list[dict[str, Any]]:
+        """Who holds which GPU, for `labnotebook gpus`: any member sees holders and kernel
+        names; container ids only for the holder's own kernels (and root)."""
+        self.sync()
+        rows = self.book.holders()
+        for row in rows:
+            for holder in row["holders"]:
+                if not peer.is_root and holder["uid"] != peer.uid:
+                    holder["container_id"] = ""
+        return rows

@@ -1,0 +1,282 @@
+"""GPU sharing through a real broker, on a Docker engine that accepts GPU requests.
+
+No GPU here: `tests/fake_gpu/dockerd-fake-gpu.sh` starts a private engine whose `nvidia`
+device driver is registered by a stand-in hook, exactly as the NVIDIA Container Toolkit's
+makes it on a GPU host (see its header). Members' kernels go through a real root broker as
+real test accounts, and every test reads the devices each container really got: the
+DeviceIDs of its device request (`docker inspect`) and NVIDIA_VISIBLE_DEVICES in the
+environment of its first process (what CUDA inside would see).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+from labnotebook.provisioner import labels as L
+from labnotebook.provisioner.errors import GpuUnavailable, PermissionRefused
+
+from .broker_fixtures import (
+    Account,
+    BrokerProcess,
+    UserAgent,
+    create_account,
+    delete_account,
+    kernel_spec,
+)
+from .conftest import REQUIRE_DOCKER, SESSION
+
+pytestmark = pytest.mark.docker
+
+FAKE_GPU = Path(__file__).parent / "fake_gpu"
+BASE_IMAGE = os.environ.get("LABNOTEBOOK_BASE_IMAGE", "labnotebook/base:bookworm")
+NETWORK = f"lnbgpu-{SESSION[:6]}"
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRE_DOCKER:
+        pytest.fail(f"LABNOTEBOOK_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def gpu_engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
+    """A private engine with GPU requests (and the base image copied in), for this module."""
+    if os.geteuid() != 0:
+        _unavailable("the stand-in GPU engine needs root")
+    for tool in ("dockerd", "ip", "curl"):
+        if shutil.which(tool) is None:
+            _unavailable(f"the stand-in GPU engine needs {tool}")
+    folder = Path(f"/tmp/lnbfg-{SESSION[:6]}")
+    started = subprocess.run(
+        ["sh", str(FAKE_GPU / "dockerd-fake-gpu.sh"), str(folder)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "FAKEGPU_IMAGES": BASE_IMAGE},
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        host = started.stdout.strip()
+        engine = docker.DockerClient(base_url=host, timeout=120)
+        engine.labnotebook_host = host  # type: ignore[attr-defined]
+        # A subnet of its own, clear of the host engine's pools (both allocate from the same
+        # default ranges otherwise).
+        engine.networks.create(
+            NETWORK,
+            driver="bridge",
+            ipam=docker.types.IPAMConfig(
+                pool_configs=[docker.types.IPAMPool(subnet=f"10.253.{os.getpid() % 200}.0/24")]
+            ),
+        )
+        yield engine
+        engine.close()
+    finally:
+        subprocess.run(
+            ["sh", str(FAKE_GPU / "stop-dockerd-fake-gpu.sh"), str(folder)],
+            capture_output=True, timeout=120,
+        )  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class GpuLab:
+    broker: BrokerProcess
+    engine: docker.DockerClient
+    accounts: dict[str, Account]
+    agents: dict[str, UserAgent]
+    config: str
+
+    def launch(self, who: str, gpus: int | str = 1, kernel_id: str | None = None) -> str:
+        """`who`'s GPU kernel (a `sleep` in the base image); its container's ID."""
+        request = kernel_spec(
+            image=BASE_IMAGE,
+            gpus="auto" if gpus == "auto" else {"count": -1 if gpus == "all" else gpus},
+            kernel_id=kernel_id or str(uuid.uuid4()),
+            kernel_name=f"{who}-train",
+        )
+        result = self.agents[who].call("launch_json", sock=self.broker.socket, spec=request)
+        return str(result["container_id"])
+
+    def remove(self, who: str, container_id: str, restarting: bool = False) -> None:
+        args: list[Any] = [container_id, True] if restarting else [container_id]
+        self.agents[who].call("engine", sock=self.broker.socket, method="remove", args=args)
+
+    def devices(self, container_id: str) -> tuple[list[str], str]:
+        """What the container got: its request's DeviceIDs, and NVIDIA_VISIBLE_DEVICES as
+        its first process sees it."""
+        container = self.engine.containers.get(container_id)
+        requests = container.attrs["HostConfig"]["DeviceRequests"] or []
+        ids = [i for r in requests for i in (r.get("DeviceIDs") or [])]
+        # As the container's own user (the member's): root in it has no capabilities, so
+        # another user's /proc/1/environ is closed to it.
+        code, output = container.exec_run(["cat", "/proc/1/environ"])
+        assert code == 0, output
+        environ = output.decode()
+        visible = dict(v.split("=", 1) for v in environ.split("\0") if "=" in v)
+        return ids, visible.get("NVIDIA_VISIBLE_DEVICES", "")
+
+    def gpus(self, who: str) -> dict[str, Any]:
+        return self.agents[who].call(
+            "cli", argv=["gpus", "--json", "--broker-socket", self.broker.socket]
+        )
+
+    def restart_broker(self) -> None:
+        self.broker.stop()
+        self.broker = BrokerProcess(self.config, folder=str(self.broker.folder)).start()
+
+    def containers(self) -> list[Any]:
+        return self.engine.containers.list(all=True, filters={"label": f"{L.ROLE}={L.KERNEL_ROLE}"})
+
+    def clean(self) -> None:
+        for container in self.containers():
+            container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
+    tag = SESSION[:6]
+    accounts: dict[str, Account] = {}
+    agents: dict[str, UserAgent] = {}
+    config = (
+        f"c.KernelBroker.docker_host = {gpu_engine.labnotebook_host!r}\n"
+        f"c.LaunchPolicy.network = {NETWORK!r}\n"
+        f"c.LaunchPolicy.allowed_images = [{BASE_IMAGE!r}]\n"
+        "c.KernelBroker.reap_interval = 0\n"
+        "c.GpuPolicy.devices = ['0', '1']\n"
+        "c.GpuPolicy.member_gpus = 1\n"
+    )
+    broker = None
+    try:
+        for who in ("alice", "bob", "carol"):
+            accounts[who] = create_account(f"lnbtest{who[0]}g{tag}")
+            agents[who] = UserAgent(
+                accounts[who].uid, env={"LNBTEST_SCENARIOS": "tests.kernel_build_scenarios"}
+            )
+        broker = BrokerProcess(config).start()
+        lab = GpuLab(broker, gpu_engine, accounts, agents, config)
+        yield lab
+        broker = lab.broker
+        lab.clean()
+    finally:
+        for agent in agents.values():
+            agent.close()
+        if broker is not None:
+            print(broker.log_text())
+            broker.cleanup()
+        for account in accounts.values():
+            delete_account(account)
+
+
+@pytest.fixture
+def lab(gpu_lab: GpuLab) -> Iterator[GpuLab]:
+    """The module's lab with no kernels, before and after each test."""
+    gpu_lab.clean()
+    yield gpu_lab
+    gpu_lab.clean()
+
+
+def test_each_kernel_gets_its_own_gpu_and_the_next_is_refused_naming_the_holders(
+    lab: GpuLab,
+) -> None:
+    alice = lab.launch("alice")
+    bob = lab.launch("bob")
+    (alice_ids, alice_visible), (bob_ids, bob_visible) = lab.devices(alice), lab.devices(bob)
+    assert len(alice_ids) == len(bob_ids) == 1 and {*alice_ids, *bob_ids} == {"0", "1"}
+    assert (alice_visible, bob_visible) == (alice_ids[0], bob_ids[0])
+
+    started = time.monotonic()
+    with pytest.raises(GpuUnavailable) as refused:
+        lab.launch("carol")
+    assert time.monotonic() - started < 10  # at once: never a hang, never a later CUDA OOM
+    message = str(refused.value)
+    assert "All 2 GPUs are in use" in message and "Try again later" in message
+    assert lab.accounts["alice"].name in message and lab.accounts["bob"].name in message
+    assert "alice-train" in message  # which kernel, so she can be asked to let go
+
+    with pytest.raises(PermissionRefused) as capped:
+        lab.launch("alice")
+    assert "MEMBER_GPUS=1" in str(capped.value) and "alice-train" in str(capped.value)
+    assert len(lab.containers()) == 2  # the refusals left nothing behind
+
+    lab.remove("alice", alice)
+    carol = lab.launch("carol")
+    assert lab.devices(carol) == (alice_ids, alice_ids[0])
+
+
+def test_a_members_view_shows_who_holds_which(lab: GpuLab) -> None:
+    alice = lab.launch("alice")
+    shown = lab.gpus("carol")
+    assert shown["code"] == 0, shown
+    rows = json.loads(shown["out"])
+    [held] = [r for r in rows if r["holders"]]
+    [ids] = [lab.devices(alice)[0]]
+    assert held["device_id"] == ids[0]
+    [holder] = held["holders"]
+    assert holder["username"] == lab.accounts["alice"].name
+    assert holder["kernel_name"] == "alice-train"
+    assert holder["container_id"] == ""  # another member's container stays hers to name
+    assert [r for r in rows if not r["holders"]]  # the other GPU is shown free
+    text = lab.agents["carol"].call("cli", argv=["gpus", "--broker-socket", lab.broker.socket])[
+        "out"
+    ]
+    assert f"{lab.accounts['alice'].name} (kernel 'alice-train'" in text and "free" in text
+
+
+def test_a_gpu_is_free_the_moment_its_container_ends(lab: GpuLab) -> None:
+    alice = lab.launch("alice")
+    bob = lab.launch("bob")
+    lab.engine.containers.get(alice).kill()  # died, OOM-killed, removed by the admin...
+    carol = lab.launch("carol")
+    assert (
+        lab.devices(carol)[0]
+        == lab.engine.containers.get(alice).attrs["HostConfig"]["DeviceRequests"][0]["DeviceIDs"]
+    )
+    assert lab.devices(carol)[0] != lab.devices(bob)[0]
+
+
+def test_a_restarted_kernel_keeps_its_gpu(lab: GpuLab) -> None:
+    kernel_id = str(uuid.uuid4())
+    first = lab.launch("alice", kernel_id=kernel_id)
+    ids, _ = lab.devices(first)
+    lab.launch("bob")
+    lab.remove("alice", first, restarting=True)
+    with pytest.raises(GpuUnavailable):  # held for alice's restart, not free for carol
+        lab.launch("carol")
+    again = lab.launch("alice", kernel_id=kernel_id)
+    assert lab.devices(again) == (ids, ids[0])
+
+
+def test_the_book_is_rebuilt_after_a_broker_restart(lab: GpuLab) -> None:
+    alice = lab.launch("alice")
+    bob = lab.launch("bob")
+    held = {lab.devices(alice)[0][0], lab.devices(bob)[0][0]}
+    lab.restart_broker()
+    with pytest.raises(GpuUnavailable) as refused:  # no device handed out twice
+        lab.launch("carol")
+    assert lab.accounts["alice"].name in str(refused.value)
+    rows = json.loads(lab.gpus("carol")["out"])
+    assert {r["device_id"] for r in rows if r["holders"]} == held
+    lab.remove("bob", bob)
+    carol = lab.launch("carol")
+    assert lab.devices(carol)[0] == [*held - {lab.devices(alice)[0][0]}]
+
+
+def test_kernels_that_ask_for_no_gpu_get_none(lab: GpuLab) -> None:
+    plain = lab.launch("alice", gpus="auto")  # the lab's Python kernelspec: none here
+    assert lab.devices(plain) == ([], "")
+    with pytest.raises(PermissionRefused, match="has not allowed"):
+        lab.launch("bob", gpus="all")
+    assert len(lab.containers()) == 1
+    with contextlib.suppress(docker.errors.NotFound):
+        lab.remove("alice", plain)
