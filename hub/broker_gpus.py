@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -125,6 +126,8 @@ class GpuService:
         self.policy = policy
         self.log = log
         self.book = policy.book()
+        self._ended: dict[str, str] = {}
+        """container id -> why the broker stopped it (kept until its removal)."""
 
     def sync(self) -> None:
         """Agree with the engine's running kernel containers (labels and states)."""
@@ -176,6 +179,42 @@ class GpuService:
 
     def release(self, container_id: str, restarting: bool = False) -> None:
         self.book.release(container_id, restarting=restarting)
+        if not restarting:
+            self._ended.pop(container_id, None)
+
+    def release_by_admin(self, gpu: str, admin: str) -> list[dict[str, Any]]:
+        """Stop every kernel holding `gpu` (an index such as "0", "GPU 0", a MIG "0:1" or a
+        UUID; an index names all its MIG instances) for the lab's admin; the stopped
+        kernels' holds, for the audit line. Each
+        kernel's state then says why it ended (`ended_reason`), and the member's next kernel
+        tells her (notices.py)."""
+        self.sync()
+        wanted = gpu.strip().removeprefix("GPU ").removeprefix("MIG ").lower()
+        rows = [
+            r
+            for r in self.book.holders()
+            if wanted in {str(r["index"]), r["device_id"].lower(), r["uuid"].lower()}
+        ]
+        if not rows:
+            known = ", ".join(g.device_id for g in self.book.gpus) or "none"
+            raise KernelConfigError(f"The lab has no GPU {gpu!r} (its GPUs: {known}).")
+        stopped = []
+        for row in rows:
+            for holder in row["holders"]:
+                if not holder["container_id"]:
+                    continue  # starting or restarting: its launch is refused below
+                self._ended[holder["container_id"]] = (
+                    f"The lab's admin ({admin}) stopped this kernel to free {row['label']} "
+                    "for others. Start the kernel again to get a free GPU, or ask the admin."
+                )
+                self.engine.signal(holder["container_id"], signal.SIGKILL)
+                self.book.release(holder["container_id"])
+                stopped.append({**holder, "gpu": row["label"]})
+        return stopped
+
+    def ended_reason(self, container_id: str) -> str:
+        """Why the broker stopped this kernel ('' if it did not)."""
+        return self._ended.get(container_id, "")
 
     def view(self, peer: Peer) -> list[dict[str, Any]]:
         """Who holds which GPU, for `labnotebook gpus`: any member sees holders and kernel

@@ -220,7 +220,12 @@ class BrokerOperations(ExportOperations):
 
         def state(container_id: str) -> dict[str, Any] | None:
             current = self.engine.state(container_id)
-            return dataclasses.asdict(current) if current is not None else None
+            if current is None:
+                return None
+            answer = dataclasses.asdict(current)
+            if not current.running and (reason := self.gpus.ended_reason(container_id)):
+                answer["error"] = reason  # the member's server tells her next kernel
+            return answer
 
         return await self._on_owned(peer, args["container"], state, None)
 
@@ -286,6 +291,22 @@ class BrokerOperations(ExportOperations):
     async def op_gpus(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         arguments(request, "gpus")
         return {"ok": True, "result": await self.run(self.gpus.view, peer)}
+
+    async def op_gpu_release(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(request, "gpu_release", gpu=str)
+        if not self.images.is_admin(peer):
+            raise PermissionRefused(
+                "Only the lab's admins may free a GPU that another member's kernel holds; ask "
+                "its holder (`labnotebook gpus` shows who), or an admin."
+            )
+        admin = username(peer.uid)
+        stopped = await self.run(self.gpus.release_by_admin, args["gpu"][:128], admin)
+        for holder in stopped:
+            self.log.warning(
+                "AUDIT %s freed %s: stopped kernel %s (%r) of %s", admin, holder["gpu"],
+                holder["kernel_id"], holder["kernel_name"], holder["username"],
+            )  # fmt: skip
+        return {"ok": True, "result": stopped}
 
     async def op_reap(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         arguments(request, "reap")

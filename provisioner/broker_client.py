@@ -244,6 +244,10 @@ class BrokerEngine:
         """The lab's GPUs and who holds each (`labnotebook gpus`)."""
         return list(self.call("gpus"))
 
+    def gpu_release(self, gpu: str) -> list[dict[str, Any]]:
+        """Stop the kernels that hold `gpu` (the lab's admins only); the ones stopped."""
+        return list(self.call("gpu_release", gpu=gpu))
+
     def logs(self, container_id: str, tail: int = 20) -> str:
         return str(self.call("logs", container=container_id, tail=int(tail)))
 

@@ -48,6 +48,7 @@ MAX_LINE = 1 << 20
 # an export (hub/broker_exports.py) likewise export, export_data..., export_status...
 OPS = (
     "hello", "launch", "state", "signal", "remove", "logs", "wait", "list", "reap", "gpus",
+    "gpu_release",
     "build", "build_data", "build_status", "build_cancel", "build_log",
     "images", "image_remove", "image_publish",
     "export_base", "export", "export_data", "export_status", "export_cancel", "export_check",

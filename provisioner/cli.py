@@ -4,7 +4,7 @@ labnotebook kernels ls [--all-users]
 labnotebook kernels prune [--all] [--dry-run]
 labnotebook kernelspec install [--user | --sys-prefix | --prefix DIR] [--image IMAGE] [NAME]
 labnotebook kernelspec list
-labnotebook gpus [--json]
+labnotebook gpus [--json] | labnotebook gpus release GPU
 """
 
 from __future__ import annotations

@@ -27,7 +27,20 @@ def cmd_gpus(args: argparse.Namespace) -> int:
             "it in the lab hub (a JupyterLab terminal). On your own machine, `nvidia-smi` "
             "shows your GPUs."
         )
-    rows = BrokerEngine(socket).gpus()
+    broker = BrokerEngine(socket)
+    if args.release:
+        stopped = broker.gpu_release(args.release)
+        if args.json:
+            print(json.dumps(stopped, indent=1))
+        for holder in [] if args.json else stopped:
+            print(
+                f"Stopped {_clean(holder.get('username'))}'s kernel "
+                f"'{_clean(holder.get('kernel_name'))}' on {_clean(holder.get('gpu'))}."
+            )
+        if not stopped and not args.json:
+            print(f"No kernel held {args.release}: it is free.")
+        return 0
+    rows = broker.gpus()
     print(json.dumps(rows, indent=1) if args.json else describe_table(rows))
     return 0
 
@@ -39,6 +52,16 @@ def add_parser(groups: Any) -> None:
         description="The lab's GPUs, and for each the kernels that hold it and for how long.",
     )
     gpus.add_argument("--json", action="store_true", help="the same as JSON, one row per GPU")
+    gpus.set_defaults(release=None)
+    actions = gpus.add_subparsers(dest="gpus_command", metavar="{release}")
+    release = actions.add_parser(
+        "release",
+        help="(the lab's admins) stop the kernels that hold a GPU, to free it",
+        description="""Stop the kernels that hold GPU, to free it for others. Each member is
+        told why by her next kernel, and the broker's log keeps an audit line.""",
+    )
+    release.add_argument("release", metavar="GPU", help="its index (0), or its UUID")
+    release.add_argument("--json", action="store_true", help="the stopped kernels as JSON")
     gpus.add_argument(
         "--broker-socket", help="the lab's broker socket (default: the hub's usual places)"
     )

@@ -690,6 +690,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             self._exit_reported = True
             if state is not None and state.oom_killed:
                 self._notice = out_of_memory(state.memory_limit)
+            elif state is not None and state.error:
+                self._notice = state.error  # e.g. the lab's admin freed its GPU
             logs = await in_thread(self.engine.logs, self.container_id)
             self.log.warning(
                 "Kernel %s: container %s exited unexpectedly with code %s%s. Last log lines:\n%s",

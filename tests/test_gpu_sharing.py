@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import pytest
 from labnotebook.provisioner import labels as L
+from labnotebook.provisioner.broker_client import BrokerEngine
 from labnotebook.provisioner.errors import GpuUnavailable, PermissionRefused
 
 from .broker_fixtures import (
@@ -280,3 +281,21 @@ def test_kernels_that_ask_for_no_gpu_get_none(lab: GpuLab) -> None:
     assert len(lab.containers()) == 1
     with contextlib.suppress(docker.errors.NotFound):
         lab.remove("alice", plain)
+
+
+def test_an_admin_frees_a_gpu_and_its_member_is_told_why(lab: GpuLab) -> None:
+    alice = lab.launch("alice")
+    [device], _ = lab.devices(alice)
+    refused = lab.agents["bob"].call(
+        "cli", argv=["gpus", "--broker-socket", lab.broker.socket, "release", device]
+    )
+    assert refused["code"] == 1 and "Only the lab's admins" in refused["err"], refused
+    assert lab.engine.containers.get(alice).status == "running"
+
+    stopped = BrokerEngine(lab.broker.socket).gpu_release(device)  # root is the lab's admin
+    assert [s["username"] for s in stopped] == [lab.accounts["alice"].name]
+    state = lab.agents["alice"].call("engine", sock=lab.broker.socket, method="state", args=[alice])
+    assert state["running"] is False and "stopped this kernel to free GPU" in state["error"]
+    assert "AUDIT" in lab.broker.log_text() and "freed GPU" in lab.broker.log_text()
+    carol = lab.launch("carol")  # the GPU is free at once
+    assert lab.devices(carol)[0] == [device]
