@@ -23,7 +23,7 @@ build/settings.mk: hub/settings_schema.py provisioner/defaults.py
 
 include hub/hub.mk
 
-.PHONY: help install images base-image kernel-image kernelspec test test-fast lint docs bench \
+.PHONY: help install images base-image kernel-image kernelspec test test-fast lint docs bench gpu-check \
 	clean-kernels lock audit
 
 help:
@@ -37,6 +37,7 @@ help:
 	@echo "make kernel-gpu  build the CUDA Python kernel image (PyTorch; GBs from PyPI)"
 	@echo "make kernel-matlab LICENSE_SERVER=PORT@HOST  build the MATLAB kernel (see its README)"
 	@echo "make bench       kernel start/shutdown vs the Docker SDK floor, broker and hub figures"
+	@echo "make gpu-check   on a GPU host: each kernel sees exactly its GPUs, CUDA works on each"
 	@echo "make lint        ruff"
 	@echo "make docs        regenerate docs/settings.md, the reference of every setting"
 	@echo "make lock        re-resolve the hub image's exact dependency versions"
@@ -118,6 +119,11 @@ test-fast: install
 
 bench: install images-if-missing
 	$(PYTHON) -m tests.bench
+
+# The real-GPU checks (tests/test_real_gpus.py) on a lab's GPU host; elsewhere one line says
+# why they skipped.
+gpu-check: install
+	$(PYTHON) -m tests.gpu_check
 
 lock: hub-image-if-missing
 	images/hub/lock.sh $(HUB_IMAGE)
