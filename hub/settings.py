@@ -158,6 +158,7 @@ class LabSettings:
     gpus: tuple[str, ...]
     member_gpus: int | None
     gpu_sharing: bool
+    gpu_kernel_idle_timeout: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabSettings:

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from labnotebook.kernelspecs import bundled
-from labnotebook.provisioner.errors import KernelConfigError
+from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.gpus import parse_gpus
 
-from . import gpu_inventory, sharing, tls, users
+from . import broker_gpus, gpu_inventory, sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
     BROKER_CONFIG,
@@ -140,7 +141,20 @@ def kernelspec(settings: LabSettings, name: str = "python-docker") -> dict[str, 
         network=settings.network,
         volumes=lab_mounts(settings),
     )
+    if asks_for_gpus(config.get("gpus")) and settings.gpu_kernel_idle_timeout:
+        # An idle GPU is the lab's most expensive waste: jupyter_server culls kernels of
+        # this kernelspec after its own, shorter timeout.
+        timeouts = [settings.gpu_kernel_idle_timeout, settings.kernel_idle_timeout]
+        spec["metadata"]["cull_idle_timeout"] = min(t for t in timeouts if t > 0)
     return spec
+
+
+def asks_for_gpus(setting: Any) -> bool:
+    """Whether a kernelspec's gpus setting asks the lab for GPUs (see hub/broker_gpus.py)."""
+    try:
+        return broker_gpus.wanted_count(parse_gpus(setting)) != 0
+    except (KernelConfigError, PermissionRefused):
+        return True  # device IDs: refused at launch, but a GPU kernelspec all the same
 
 
 def kernelspec_image(spec: dict[str, Any]) -> str:

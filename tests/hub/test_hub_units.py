@@ -133,6 +133,29 @@ def test_kernelspec_and_broker_config_follow_the_settings(
     assert server["MappingKernelManager"]["cull_idle_timeout"] == lab.kernel_idle_timeout
 
 
+def test_gpu_settings_reach_the_broker_and_the_gpu_kernelspec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lab = lab_settings(monkeypatch, GPUS="0, 1", MEMBER_GPUS="1", GPU_SHARING="yes")
+    assert startup.broker_config(lab)["GpuPolicy"] == {
+        "devices": ["0", "1"],
+        "member_gpus": 1,
+        "sharing": True,
+    }
+    # The shorter of GPU_KERNEL_IDLE_TIMEOUT and KERNEL_IDLE_TIMEOUT culls GPU kernels.
+    gpu = startup.kernelspec(
+        lab_settings(monkeypatch, KERNEL_IDLE_TIMEOUT="7200"), "python-gpu-docker"
+    )
+    assert gpu["metadata"]["cull_idle_timeout"] == 3600  # GPU_KERNEL_IDLE_TIMEOUT's default
+    assert gpu["metadata"]["kernel_provisioner"]["config"]["gpus"] == 1
+    assert "cull_idle_timeout" not in startup.kernelspec(lab)["metadata"]  # no GPU asked
+    unset = lab_settings(monkeypatch, GPUS="", MEMBER_GPUS="")
+    assert startup.broker_config(unset)["GpuPolicy"]["devices"] == []
+    assert startup.broker_config(unset)["GpuPolicy"]["member_gpus"] is None
+    with pytest.raises(SystemExit, match="GPUS: .*0"):
+        startup.broker_config(lab_settings(monkeypatch, GPUS="0,0"))
+
+
 def test_state_snapshot_copies_sqlite_consistently(tmp_path: Path) -> None:
     from labnotebook.hub.backup import snapshot_state
 
