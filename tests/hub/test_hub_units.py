@@ -152,7 +152,7 @@ def test_gpu_settings_reach_the_broker_and_the_gpu_kernelspec(
     unset = lab_settings(monkeypatch, GPUS="", MEMBER_GPUS="")
     assert startup.broker_config(unset)["GpuPolicy"]["devices"] == []
     assert startup.broker_config(unset)["GpuPolicy"]["member_gpus"] is None
-    with pytest.raises(SystemExit, match="GPUS: .*0"):
+    with pytest.raises(SystemExit, match=r"GPUS: .*0"):
         startup.broker_config(lab_settings(monkeypatch, GPUS="0,0"))
 
 
