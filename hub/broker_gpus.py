@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
-from labnotebook.provisioner.gpus import GpuRequest
+from labnotebook.provisioner.gpus import GpuRequest, engine_has_gpus
+from labnotebook.provisioner.host_config import inventory_host_config
 from labnotebook.provisioner.notices import NOTICE_ENV
 from labnotebook.provisioner.request import LaunchRequest
 from labnotebook.provisioner.spec import KernelContainerSpec
@@ -65,6 +68,14 @@ class GpuPolicy(LoggingConfigurable):
         help="""Let a kernel ask for all of the lab's GPUs (gpus: "all"); it still counts
         against member_gpus.""",
     )
+    inventory_image = Unicode(
+        "",
+        config=True,
+        help="""An image with labnotebook and nvidia-ml-py (the hub's own): the broker runs
+        `python3 -m labnotebook.hub.gpu_inventory` in it, with every GPU, to read the host's
+        GPUs from NVML, once, before its first GPU launch. Its UUIDs, models and memory fill
+        in `devices`, or stand for them where `devices` is empty. Empty: `devices` only.""",
+    )
     restart_hold = Float(
         300.0,
         config=True,
@@ -87,9 +98,11 @@ class GpuPolicy(LoggingConfigurable):
             raise TraitError(f"GpuPolicy.member_gpus must be 0 or more, not {value}")
         return value
 
-    def book(self) -> gpu_book.GpuBook:
+    def book(self, nvml: list[gpu_book.Gpu] | None = None) -> gpu_book.GpuBook:
+        """The lab's book of its GPUs: `devices`, with what NVML told (`nvml`) filled in."""
+        setting = gpu_inventory.from_setting(",".join(self.devices))
         return gpu_book.GpuBook(
-            gpu_inventory.from_setting(",".join(self.devices)),
+            gpu_inventory.choose(setting, nvml) if setting else list(nvml or []),
             sharing=self.sharing,
             member_cap=self.member_gpus,
             allow_all=self.allow_all,
@@ -125,9 +138,49 @@ class GpuService:
         self.engine = engine
         self.policy = policy
         self.log = log
-        self.book = policy.book()
+        self._book: gpu_book.GpuBook | None = None
+        self._book_lock = threading.Lock()
         self._ended: dict[str, str] = {}
         """container id -> why the broker stopped it (kept until its removal)."""
+
+    @property
+    def book(self) -> gpu_book.GpuBook:
+        """The book, made at first use: with the host's GPUs from NVML where it can be read."""
+        with self._book_lock:
+            if self._book is None:
+                self._book = self.policy.book(self._nvml_inventory())
+                devices = ", ".join(g.describe() for g in self._book.gpus) or "none"
+                self.log.info("The lab's GPUs: %s", devices)
+            return self._book
+
+    def _nvml_inventory(self) -> list[gpu_book.Gpu] | None:
+        """The host's GPUs from NVML, read in a short-lived container given every GPU; None
+        where that cannot be done (no image for it, no GPU runtime, no driver)."""
+        image = self.policy.inventory_image
+        if not image:
+            return None
+        try:
+            if not engine_has_gpus(self.engine.info()):
+                return None
+            api = self.engine.api
+            container = api.create_container(
+                image,
+                command=["python3", "-m", "labnotebook.hub.gpu_inventory", "--json"],
+                entrypoint=[],
+                user="65534:65534",
+                labels={L.ROLE: "gpu-inventory"},
+                host_config=inventory_host_config(api),
+            )["Id"]
+            try:
+                api.start(container)
+                api.wait(container, timeout=120)
+                output = api.logs(container, stdout=True, stderr=False)
+            finally:
+                api.remove_container(container, force=True)
+            return gpu_inventory.parse_inventory_json(output)
+        except Exception as e:  # the setting stands in: never a broker that cannot start
+            self.log.warning("Cannot read the host's GPUs from NVML (%s); using GPUS only.", e)
+            return None
 
     def sync(self) -> None:
         """Agree with the engine's running kernel containers (labels and states)."""

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from labnotebook.provisioner.errors import KernelConfigError
+from labnotebook.provisioner.sizes import human_bytes
 
 from .gpu_book import Gpu
 
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if usage and gpu.device_id in usage:
             row = usage[gpu.device_id]
             busy = "?" if row["utilization"] is None else f"{row['utilization']}%"
-            line += f"  busy {busy}, {row['memory_used'] >> 20} MiB used"
+            line += f"  busy {busy}, {human_bytes(row['memory_used'])} used"
         print(line)
     if not gpus:
         print("NVML lists no GPUs here.")

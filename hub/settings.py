@@ -136,6 +136,7 @@ class LabSettings:
     title: str  # LAB_TITLE
     public_url: str
     kernel_image: str
+    hub_image: str
     network: str
     homes_volume: str
     readonly_volume: str

@@ -106,8 +106,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HUB_HOSTNAME", "$LAB", "text", HUB, help="The hub container's host name."),
     Setting("PUBLIC_URL", "", "text", HUB, field="public_url", help="""How members reach the
         hub: the URL `make up` prints. Empty: https://$(hostname -f):PORT/."""),
-    Setting("HUB_IMAGE", "labnotebook/hub:latest", "text", HUB, make_default=True,
-        help="The hub's image; `make up` builds it when it is missing."),
+    Setting("HUB_IMAGE", "labnotebook/hub:latest", "text", HUB, field="hub_image",
+        missing="default", make_default=True, help="""The hub's image; `make up` builds it
+        when it is missing. The broker also reads the host's GPUs from NVML in it."""),
     Setting("KERNEL_IMAGE", KERNEL_IMAGE, "text", HUB, field="kernel_image", make_default=True,
         help="""The image of the lab's default Python kernel, and what a member's kernel build
         starts from; `make up` builds it when it is missing."""),

@@ -259,6 +259,7 @@ def broker_config(settings: LabSettings, sample_images: list[str] | None = None)
             "devices": list(settings.gpus),
             "member_gpus": settings.member_gpus,
             "sharing": settings.gpu_sharing,
+            "inventory_image": settings.hub_image,
         },
         "BuildPolicy": {
             "default_base": settings.kernel_image,

@@ -109,6 +109,21 @@ def build_host_config(
     )
 
 
+def inventory_host_config(api: Any) -> dict[str, Any]:
+    """The broker's GPU inventory container (hub/broker_gpus.py): every GPU with the driver's
+    utilities (NVML), nothing else - no network, small bounds, no capabilities."""
+    every_gpu = {"Driver": "", "Count": -1, "DeviceIDs": None, "Options": {}}
+    every_gpu["Capabilities"] = [["gpu", "utility"]]
+    return _hardened(
+        api,
+        memory=256 << 20,
+        log_options=BUILD_LOG_OPTIONS,
+        network_mode="none",
+        pids_limit=64,
+        device_requests=[DeviceRequest(**_snake(every_gpu))],
+    )
+
+
 def _snake(request: dict[str, Any]) -> dict[str, Any]:
     """A DeviceRequest as the API spells it -> docker-py's keyword arguments."""
     return {

@@ -61,8 +61,11 @@ def gpu_engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerClie
         if shutil.which(tool) is None:
             _unavailable(f"the stand-in GPU engine needs {tool}")
     folder = Path(f"/tmp/lnbfg-{SESSION[:6]}")
+    # An "nvidia" runtime too, as the toolkit registers on a GPU host (`docker info` shows it,
+    # so the broker tries NVML); here it is plain runc.
+    runc = shutil.which("runc") or "/usr/sbin/runc"
     started = subprocess.run(
-        ["sh", str(FAKE_GPU / "dockerd-fake-gpu.sh"), str(folder)],
+        ["sh", str(FAKE_GPU / "dockerd-fake-gpu.sh"), str(folder), f"--add-runtime=nvidia={runc}"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "FAKEGPU_IMAGES": BASE_IMAGE},
     )  # fmt: skip
@@ -155,6 +158,8 @@ def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
         f"c.LaunchPolicy.allowed_images = [{BASE_IMAGE!r}]\n"
         "c.KernelBroker.reap_interval = 0\n"
         "c.GpuPolicy.devices = ['0', '1']\n"
+        # No NVML in this image (nor a GPU here): the inventory fails, and GPUS stands in.
+        f"c.GpuPolicy.inventory_image = {BASE_IMAGE!r}\n"
         "c.GpuPolicy.member_gpus = 1\n"
     )
     broker = None
@@ -299,3 +304,12 @@ def test_an_admin_frees_a_gpu_and_its_member_is_told_why(lab: GpuLab) -> None:
     assert "AUDIT" in lab.broker.log_text() and "freed GPU" in lab.broker.log_text()
     carol = lab.launch("carol")  # the GPU is free at once
     assert lab.devices(carol)[0] == [device]
+
+
+def test_where_nvml_cannot_be_read_the_setting_stands_in(lab: GpuLab) -> None:
+    alice = lab.launch("alice")  # the book's first use: the inventory ran, and failed
+    assert lab.devices(alice)[0] in (["0"], ["1"])
+    assert "Cannot read the host's GPUs from NVML" in lab.broker.log_text()
+    assert "The lab's GPUs: GPU 0, GPU 1" in lab.broker.log_text()
+    leftovers = lab.engine.containers.list(all=True, filters={"label": f"{L.ROLE}=gpu-inventory"})
+    assert leftovers == []

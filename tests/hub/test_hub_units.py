@@ -141,6 +141,7 @@ def test_gpu_settings_reach_the_broker_and_the_gpu_kernelspec(
         "devices": ["0", "1"],
         "member_gpus": 1,
         "sharing": True,
+        "inventory_image": lab.hub_image,
     }
     # The shorter of GPU_KERNEL_IDLE_TIMEOUT and KERNEL_IDLE_TIMEOUT culls GPU kernels.
     gpu = startup.kernelspec(
