@@ -6,7 +6,14 @@ import os
 import sys
 
 from labnotebook.hub import authenticator, tls
-from labnotebook.hub.settings import HUB_OVERRIDES, PROXY_PID_FILE, STATE_DIR, LabSettings
+from labnotebook.hub.gpu_pages import GpuPages
+from labnotebook.hub.settings import (
+    BROKER_SOCKET,
+    HUB_OVERRIDES,
+    PROXY_PID_FILE,
+    STATE_DIR,
+    LabSettings,
+)
 
 c = get_config()  # noqa: F821 - provided by JupyterHub when it loads this file
 lab = LabSettings.from_env()
@@ -36,7 +43,8 @@ if not os.path.isfile(os.path.join(authenticator.TEMPLATES, "signup.html")):
     sys.exit(f"The lab's page templates are missing from {authenticator.TEMPLATES}: reinstall.")
 c.JupyterHub.template_paths = authenticator.TEMPLATE_PATHS
 # Every page names the lab (title bar, headings): LAB_TITLE, or the LAB name.
-c.JupyterHub.template_vars = {"lab_title": lab.title}
+# Who holds which GPU: a line on members' home pages, the table on the admin page.
+c.JupyterHub.template_vars = {"lab_title": lab.title, "lab_gpus": GpuPages(str(BROKER_SOCKET))}
 c.Authenticator.admin_users = {"admin"}
 # Password length, lockout and rate limits: LabAuthenticator's own defaults (its traits' help
 # says what each does), so they are not repeated here. They count per client address:

@@ -20,11 +20,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import docker
 import docker.errors
 import pytest
+from labnotebook.hub.gpu_pages import GpuPages
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.broker_client import BrokerEngine
 from labnotebook.provisioner.errors import GpuUnavailable, PermissionRefused
@@ -313,3 +315,21 @@ def test_where_nvml_cannot_be_read_the_setting_stands_in(lab: GpuLab) -> None:
     assert "The lab's GPUs: GPU 0, GPU 1" in lab.broker.log_text()
     leftovers = lab.engine.containers.list(all=True, filters={"label": f"{L.ROLE}=gpu-inventory"})
     assert leftovers == []
+
+
+def test_the_hub_pages_say_who_holds_which(lab: GpuLab) -> None:
+    lab.launch("alice")
+    pages = GpuPages(lab.broker.socket, ttl=0)
+    alice, bob = lab.accounts["alice"].name, lab.accounts["bob"].name
+    mine = pages(SimpleNamespace(name=alice, admin=False))
+    assert mine and mine.summary.startswith("GPUs: 1 of 2 free. Yours: GPU ")
+    assert "(kernel 'alice-train')" in mine.summary and mine.rows == []  # the table: admins'
+    theirs = pages(SimpleNamespace(name=bob, admin=False))
+    assert theirs.summary.startswith("GPUs: 1 of 2 free.") and "Yours" not in theirs.summary
+    admin = pages(SimpleNamespace(name="admin", admin=True))
+    assert [r["holders"].startswith(f"{alice} (kernel 'alice-train', ") for r in admin.rows] in (
+        [True, False],
+        [False, True],
+    )
+    assert "free" in [r["holders"] for r in admin.rows]
+    assert pages(None) is None  # the login page asks nothing
