@@ -63,8 +63,8 @@ from traitlets import Float, Int, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from .broker_gpus import GpuPolicy
-from .broker_operations import BrokerOperations, username
-from .broker_policy import LaunchPolicy, Peer
+from .broker_operations import BrokerOperations
+from .broker_policy import LaunchPolicy, Peer, username
 
 # Requests made every few seconds per kernel or build (polls, data chunks): logged at DEBUG.
 QUIET_OPS = frozenset(

@@ -34,7 +34,7 @@ from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from . import gpu_book, gpu_inventory
-from .broker_policy import Peer
+from .broker_policy import Peer, username
 
 
 class GpuPolicy(LoggingConfigurable):
@@ -199,7 +199,7 @@ class GpuService:
 
     @contextlib.contextmanager
     def assigned(
-        self, peer: Peer, username: str, request: LaunchRequest
+        self, peer: Peer, request: LaunchRequest
     ) -> Iterator[tuple[LaunchRequest, dict[str, str]]]:
         """The request with exactly its own GPUs, and the labels that record them, while the
         launch runs: a launch that fails frees them at once; `confirm` keeps them."""
@@ -209,7 +209,7 @@ class GpuService:
             return
         self.sync()
         assignment = self.book.assign(
-            peer.uid, username, request.kernel_id, request.kernel_name, count
+            peer.uid, username(peer.uid), request.kernel_id, request.kernel_name, count
         )
         env = dict(request.env)
         if assignment.shared:

@@ -34,19 +34,10 @@ from .broker_arguments import arguments
 from .broker_builds import ImageService
 from .broker_exports import ExportOperations, ExportPolicy, ExportService
 from .broker_gpus import GpuPolicy, GpuService
-from .broker_policy import _TOKEN, LaunchPolicy, Peer
+from .broker_policy import _TOKEN, LaunchPolicy, Peer, username
 from .build_policy import BuildPolicy
 
 T = TypeVar("T")
-
-
-def username(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
 
 
 def _container_ref(value: str) -> str:
@@ -138,7 +129,7 @@ class BrokerOperations(ExportOperations):
             admitted = self.policy.admit(peer, args["spec"], member_image=member_image)
             with (
                 self._reserve_kernel(peer.uid, admitted.memory or 0),
-                self.gpus.assigned(peer, username(peer.uid), admitted) as (request, gpus),
+                self.gpus.assigned(peer, admitted) as (request, gpus),
             ):
                 # Launched for the peer process itself: when it is gone, the reaper removes
                 # it. Its GPUs (if any) are exactly the ones the book gave it.

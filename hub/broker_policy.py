@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import ipaddress
+import pwd
 import re
 from typing import Any, NamedTuple
 
@@ -76,6 +77,14 @@ class Peer(NamedTuple):
     @property
     def is_root(self) -> bool:
         return self.uid == 0
+
+
+def username(uid: int) -> str:
+    """An account's name, for logs and messages ('uid1234' for a UID with no account)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
 
 
 def _text(field: str, value: Any, *, limit: int = 4096, allow_empty: bool = False) -> str:
