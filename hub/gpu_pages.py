@@ -30,6 +30,11 @@ class GpuPages:
         self._read_at = -float("inf")
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> GpuPages:
+        # JupyterHub's config is deep-copied (traitlets), template_vars with it: one shared
+        # reader (and its lock and cache) is what every page should use.
+        return self
+
     def __call__(self, user: Any) -> GpuLines | None:
         return None if user is None else GpuLines(self, user)
 

@@ -212,3 +212,26 @@ def test_broker_dropins_extend_the_lab_policy(
     assert broker.policy.allowed_images[-1] == "mylab/*"
     assert "labnotebook/*" in broker.policy.allowed_images
     assert broker.policy.min_uid == FIRST_UID and broker.policy.max_memory == "8g"
+
+
+def test_the_hub_configuration_loads_and_survives_being_copied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """JupyterHub deep-copies its configuration at start (traitlets), template_vars with it:
+    the hub's GPU lines must come through as the one shared reader."""
+    from types import SimpleNamespace
+
+    import labnotebook.hub
+    from jupyterhub.app import JupyterHub
+    from traitlets.config.loader import PyFileConfigLoader
+
+    lab_settings(monkeypatch)
+    folder = str(Path(labnotebook.hub.__file__).parent)  # the file JupyterHub loads
+    loaded = PyFileConfigLoader("jupyterhub_config.py", folder).load_config()
+    pages = loaded.JupyterHub.template_vars["lab_gpus"]
+    hub = JupyterHub()
+    hub.update_config(loaded)  # what JupyterHub's load_config_file does (deep copies)
+    assert hub.template_vars["lab_gpus"] is pages
+    assert loaded.JupyterHub.template_vars["lab_title"] == "Lab Two"
+    assert pages(None) is None
+    assert not pages(SimpleNamespace(name="alice", admin=False))  # no broker here: no lines
