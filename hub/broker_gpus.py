@@ -230,8 +230,21 @@ class GpuService:
         if spec.labels.get(gpu_book.GPUS):
             self.book.confirm(spec.kernel_id, container_id)
 
+    @staticmethod
+    def holds_gpus(labels: dict[str, str]) -> bool:
+        """Whether a kernel container was given GPUs (the broker's own label says)."""
+        return bool(labels.get(gpu_book.GPUS))
+
     def release(self, container_id: str, restarting: bool = False) -> None:
-        self.book.release(container_id, restarting=restarting)
+        if restarting:
+            # Its GPUs are held for it: the book must know the kernel (a broker restarted
+            # since its launch finds it in the engine's listing; the container still runs).
+            self.sync()
+            self.book.release(container_id, restarting=True)
+        elif self._book is not None:
+            # Before the book's first use there is nothing to release, and a shutdown must
+            # not wait for the GPU inventory.
+            self._book.release(container_id)
         if not restarting:
             self._ended.pop(container_id, None)
 

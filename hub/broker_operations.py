@@ -242,7 +242,7 @@ class BrokerOperations(ExportOperations):
             details = self._owned(peer, _container_ref(args["container"]))
             if details is None:
                 return
-            if args["restarting"]:
+            if args["restarting"] and self.gpus.holds_gpus(details["labels"]):
                 # Before the removal: no sync in between may hand its GPUs to another kernel.
                 self.gpus.release(details["id"], restarting=True)
             self.engine.remove(details["id"])

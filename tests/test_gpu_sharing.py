@@ -265,6 +265,18 @@ def test_a_restarted_kernel_keeps_its_gpu(lab: GpuLab) -> None:
     assert lab.devices(again) == (ids, ids[0])
 
 
+def test_a_kernel_restarted_after_a_broker_restart_keeps_its_gpu(lab: GpuLab) -> None:
+    kernel_id = str(uuid.uuid4())
+    first = lab.launch("alice", kernel_id=kernel_id)
+    ids, _ = lab.devices(first)
+    lab.launch("bob")
+    lab.restart_broker()  # the new broker has not used its book yet
+    lab.remove("alice", first, restarting=True)
+    with pytest.raises(GpuUnavailable):
+        lab.launch("carol")
+    assert lab.devices(lab.launch("alice", kernel_id=kernel_id)) == (ids, ids[0])
+
+
 def test_the_book_is_rebuilt_after_a_broker_restart(lab: GpuLab) -> None:
     alice = lab.launch("alice")
     bob = lab.launch("bob")
