@@ -232,11 +232,13 @@ class KernelBroker(Application):
         )
         await self.operations.run(self._check_engine)
         reaper = asyncio.create_task(self._reap_forever()) if self.reap_interval > 0 else None
+        gpu_watch = asyncio.create_task(self._watch_gpus_forever())
         try:
             await stop.wait()
         finally:
             server.close()  # no new connections; then finish what is in progress
             await self._drain()
+            gpu_watch.cancel()
             if reaper:
                 reaper.cancel()
             with contextlib.suppress(FileNotFoundError):
@@ -443,6 +445,18 @@ class KernelBroker(Application):
                 await self.operations.run(self.operations.reap)
             except Exception:
                 self.log.exception("Reaping kernel containers failed")
+
+    async def _watch_gpus_forever(self) -> None:
+        """Tell busy GPU kernels from idle ones (hub/gpu_activity.py), every
+        GpuPolicy.activity_interval seconds."""
+        gpus = self.operations.gpus
+        interval = gpus.policy.activity_interval
+        while interval > 0:
+            await asyncio.sleep(interval)
+            try:
+                await self.operations.run(gpus.sample_activity)
+            except Exception:
+                self.log.exception("Looking at the GPU kernels' activity failed")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import docker.errors
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
 from labnotebook.provisioner.gpus import GpuRequest, engine_has_gpus
@@ -33,7 +36,7 @@ from labnotebook.provisioner.spec import KernelContainerSpec
 from traitlets import Bool, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from . import gpu_book, gpu_inventory
+from . import gpu_activity, gpu_book, gpu_inventory
 from .broker_policy import Peer, username
 
 
@@ -75,6 +78,19 @@ class GpuPolicy(LoggingConfigurable):
         `python3 -m labnotebook.hub.gpu_inventory` in it, with every GPU, to read the host's
         GPUs from NVML, once, before its first GPU launch. Its UUIDs, models and memory fill
         in `devices`, or stand for them where `devices` is empty. Empty: `devices` only.""",
+    )
+    activity_interval = Float(
+        30.0,
+        config=True,
+        help="""Seconds between two looks at the CPU time of each GPU kernel's container,
+        which tell busy kernels from idle ones ("idle 45 min" in `labnotebook gpus` and in
+        refusals; hub/gpu_activity.py). 0: never look; holders are only "held".""",
+    )
+    usage_cache = Float(
+        15.0,
+        config=True,
+        help="""Seconds the GPUs' utilization and memory used (read from NVML, for the
+        admins' view) are reused before they are read again.""",
     )
     restart_hold = Float(
         300.0,
@@ -142,13 +158,21 @@ class GpuService:
         self._book_lock = threading.Lock()
         self._ended: dict[str, str] = {}
         """container id -> why the broker stopped it (kept until its removal)."""
+        self.activity = gpu_activity.KernelActivity()
+        self._nvml_read = False
+        """Whether NVML could be read at the book's making: only then is usage asked for."""
+        self._usage: tuple[float, dict[str, dict[str, Any]]] = (-math.inf, {})
+        self._usage_lock = threading.Lock()
 
     @property
     def book(self) -> gpu_book.GpuBook:
         """The book, made at first use: with the host's GPUs from NVML where it can be read."""
         with self._book_lock:
             if self._book is None:
-                self._book = self.policy.book(self._nvml_inventory())
+                nvml = self._nvml_inventory()
+                self._nvml_read = bool(nvml)
+                self._book = self.policy.book(nvml)
+                self._book.activity = self.activity.state
                 devices = ", ".join(g.describe() for g in self._book.gpus) or "none"
                 self.log.info("The lab's GPUs: %s", devices)
             return self._book
@@ -156,31 +180,72 @@ class GpuService:
     def _nvml_inventory(self) -> list[gpu_book.Gpu] | None:
         """The host's GPUs from NVML, read in a short-lived container given every GPU; None
         where that cannot be done (no image for it, no GPU runtime, no driver)."""
-        image = self.policy.inventory_image
-        if not image:
+        if not self.policy.inventory_image:
             return None
         try:
             if not engine_has_gpus(self.engine.info()):
                 return None
-            api = self.engine.api
-            container = api.create_container(
-                image,
-                command=["python3", "-m", "labnotebook.hub.gpu_inventory", "--json"],
-                entrypoint=[],
-                user="65534:65534",
-                labels={L.ROLE: "gpu-inventory"},
-                host_config=inventory_host_config(api),
-            )["Id"]
-            try:
-                api.start(container)
-                api.wait(container, timeout=120)
-                output = api.logs(container, stdout=True, stderr=False)
-            finally:
-                api.remove_container(container, force=True)
-            return gpu_inventory.parse_inventory_json(output)
+            return gpu_inventory.parse_inventory_json(self._run_inventory())
         except Exception as e:  # the setting stands in: never a broker that cannot start
             self.log.warning("Cannot read the host's GPUs from NVML (%s); using GPUS only.", e)
             return None
+
+    def _run_inventory(self, *flags: str) -> bytes:
+        """`gpu_inventory --json FLAGS`'s output, from a short-lived container with every
+        GPU, as nobody."""
+        api = self.engine.api
+        container = api.create_container(
+            self.policy.inventory_image,
+            command=["python3", "-m", "labnotebook.hub.gpu_inventory", "--json", *flags],
+            entrypoint=[],
+            user="65534:65534",
+            labels={L.ROLE: "gpu-inventory"},
+            host_config=inventory_host_config(api),
+        )["Id"]
+        try:
+            api.start(container)
+            api.wait(container, timeout=120)
+            return bytes(api.logs(container, stdout=True, stderr=False))
+        finally:
+            api.remove_container(container, force=True)
+
+    def usage(self) -> dict[str, dict[str, Any]]:
+        """Device id -> utilization (%) and memory used, from NVML (at most every
+        `usage_cache` seconds); {} where NVML could not be read."""
+        if self._book is None or not self._nvml_read:
+            return {}
+        with self._usage_lock:
+            read_at, usage = self._usage
+            if time.monotonic() - read_at < self.policy.usage_cache:
+                return usage
+            try:
+                usage = gpu_inventory.parse_usage_json(self._run_inventory("--usage"))
+            except Exception as e:
+                self.log.warning("Cannot read the GPUs' usage from NVML: %s", e)
+                usage = {}
+            self._usage = (time.monotonic(), usage)
+            return usage
+
+    def sample_activity(self) -> None:
+        """Look at the CPU time of every GPU kernel's container (hub/gpu_activity.py): a few
+        containers, each one engine call, side by side."""
+        if self._book is None:
+            return  # no GPU kernel yet
+        containers = {h.container_id for h in self._book.holds() if h.container_id}
+        self.activity.keep_only(containers)
+        if not containers:
+            return
+
+        def sample(container_id: str) -> None:
+            try:
+                stats = self.engine.api.stats(container_id, stream=False, one_shot=True)
+                used = stats["cpu_stats"]["cpu_usage"]["total_usage"]
+            except (docker.errors.APIError, KeyError, TypeError):
+                return  # ended meanwhile: the next sync frees its GPUs
+            self.activity.observe(container_id, used / 1e9, time.time())
+
+        with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
+            list(pool.map(sample, containers))
 
     def sync(self) -> None:
         """Agree with the engine's running kernel containers (labels and states)."""
@@ -282,13 +347,18 @@ class GpuService:
         """Why the broker stopped this kernel ('' if it did not)."""
         return self._ended.get(container_id, "")
 
-    def view(self, peer: Peer) -> list[dict[str, Any]]:
-        """Who holds which GPU, for `labnotebook gpus`: any member sees holders and kernel
-        names; container ids only for the holder's own kernels (and root)."""
+    def view(self, peer: Peer, admin: bool = False) -> list[dict[str, Any]]:
+        """Who holds which GPU, for `labnotebook gpus`: any member sees holders, kernel
+        names and how long each is busy or idle; container ids only for the holder's own
+        kernels (and root); the lab's admins also each GPU's utilization and memory used,
+        where NVML can be read."""
         self.sync()
         rows = self.book.holders()
+        usage = self.usage() if admin or peer.is_root else {}
         for row in rows:
             for holder in row["holders"]:
                 if not peer.is_root and holder["uid"] != peer.uid:
                     holder["container_id"] = ""
+            if row["device_id"] in usage:
+                row.update(usage[row["device_id"]])
         return rows

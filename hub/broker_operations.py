@@ -281,7 +281,8 @@ class BrokerOperations(ExportOperations):
 
     async def op_gpus(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         arguments(request, "gpus")
-        return {"ok": True, "result": await self.run(self.gpus.view, peer)}
+        admin = await self.run(self.images.is_admin, peer)
+        return {"ok": True, "result": await self.run(self.gpus.view, peer, admin)}
 
     async def op_gpu_release(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = arguments(request, "gpu_release", gpu=str)

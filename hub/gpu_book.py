@@ -273,6 +273,9 @@ class GpuBook:
         self.restart_hold = restart_hold
         self._clock = clock
         self._wall = wall
+        self.activity: Callable[[str], tuple[str, float | None]] = lambda _: ("", None)
+        """Container id -> ("idle", since) | ("busy", None) | ("", None) while unknown: how
+        the holders are described (the broker's `gpu_activity.KernelActivity.state`)."""
         self._by_id = {g.device_id: g for g in self.gpus}
         self._alias = {alias: g.device_id for g in self.gpus for alias in g.aliases}
         self._claims: list[_Claim] = []
@@ -459,12 +462,18 @@ class GpuBook:
                         "since": h.since,
                         "shared": h.shared,
                         "state": h.state,
+                        **self._activity_of(h.container_id),
                     }
                     for h in sorted(by_device[gpu.device_id], key=lambda h: h.since)
                 ],
             }
             for gpu in self.gpus
         ]
+
+    def _activity_of(self, container_id: str) -> dict[str, Any]:
+        """{"activity": "idle" | "busy" | "", "idle_since": epoch seconds or None}."""
+        activity, idle_since = self.activity(container_id) if container_id else ("", None)
+        return {"activity": activity, "idle_since": idle_since}
 
     # -- inside the lock -----------------------------------------------------------------------
 
@@ -600,7 +609,11 @@ class GpuBook:
         elif not claim.container_id:
             how = "starting"
         else:
-            how = f"held {human_duration(now - claim.since)}"
+            activity, idle_since = self.activity(claim.container_id)
+            if activity == "idle" and idle_since is not None:
+                how = f"idle {human_duration(now - idle_since)}"
+            else:
+                how = f"{activity or 'held'} {human_duration(now - claim.since)}"
         return f"by {who} (kernel '{claim.kernel_name or '?'}', {how})"
 
     def _busy_message(self, uid: int, want: int, free: int) -> str:

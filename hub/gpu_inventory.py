@@ -277,6 +277,30 @@ def parse_inventory_json(text: str | bytes) -> list[Gpu]:
     return gpus
 
 
+def parse_usage_json(text: str | bytes) -> dict[str, dict[str, Any]]:
+    """Device id -> {"utilization": % or None, "memory_used": bytes}, from `main --json
+    --usage`'s output; {} where it has none. Checked as `parse_inventory_json` checks."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line for line in text[:MAX_JSON].splitlines() if line.strip()]
+    try:
+        document = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        return {}
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for device_id, row in list(usage.items())[:MAX_GPUS]:
+        if not isinstance(device_id, str) or not isinstance(row, dict) or len(device_id) > 80:
+            continue
+        rows[device_id] = {
+            "utilization": _int(row.get("utilization"), 0, 100),
+            "memory_used": _int(row.get("memory_used"), 0, 1 << 50) or 0,
+        }
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python3 -m labnotebook.hub.gpu_inventory",

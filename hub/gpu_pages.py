@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from labnotebook.provisioner.broker_client import BrokerEngine
-from labnotebook.provisioner.durations import human_duration
 from labnotebook.provisioner.errors import KernelLaunchError
+from labnotebook.provisioner.gpu_cli import holder_state, usage_text
 
 
 class GpuPages:
@@ -91,8 +91,7 @@ def table(rows: list[dict[str, Any]], now: float | None = None) -> list[dict[str
     shown = []
     for row in rows:
         holders = [
-            f"{h.get('username')} (kernel '{h.get('kernel_name')}', "
-            f"{human_duration(now - float(h.get('since') or now))}"
+            f"{h.get('username')} (kernel '{h.get('kernel_name')}', {holder_state(h, now)}"
             f"{', shared' if h.get('shared') else ''})"
             for h in row.get("holders") or []
         ]
@@ -101,6 +100,7 @@ def table(rows: list[dict[str, Any]], now: float | None = None) -> list[dict[str
                 "gpu": str(row.get("label") or row.get("index")),
                 "model": str(row.get("model") or ""),
                 "holders": "; ".join(holders) or "free",
+                "usage": usage_text(row),
             }
         )
     return shown

@@ -71,8 +71,11 @@ def add_parser(groups: Any) -> None:
 def describe_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
     """`labnotebook gpus` as text, one line per GPU, from `GpuBook.holders()` rows:
 
-    GPU 0  NVIDIA A100 40 GiB  alice (kernel 'train', 2 h)
-    GPU 1  NVIDIA A100 40 GiB  free
+    GPU 0  NVIDIA A100 40 GiB  alice (kernel 'train', busy 2 h)  [73% busy, 31 GiB used]
+    GPU 1  NVIDIA A100 40 GiB  bob (kernel 'lstm', idle 45 min)
+    GPU 2  NVIDIA A100 40 GiB  free
+
+    (the part in brackets: the lab's admins, where NVML can be read)
     """
     now = time.time() if now is None else now
     if not rows:
@@ -87,8 +90,7 @@ def describe_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
     for (label, model), row in zip(names, rows, strict=True):
         holders = []
         for h in row.get("holders") or []:
-            state = h.get("state", "running")
-            how = state if state != "running" else human_duration(now - _float(h.get("since")))
+            how = holder_state(h, now)
             if h.get("shared"):
                 how += ", shared"
             holders.append(
@@ -99,8 +101,32 @@ def describe_table(rows: list[dict[str, Any]], now: float | None = None) -> str:
         if model_width:
             columns.append(model.ljust(model_width))
         columns.append("; ".join(holders) or "free")
+        usage = usage_text(row)
+        if usage:
+            columns.append(f"[{usage}]")
         lines.append("  ".join(columns).rstrip())
     return "\n".join(lines)
+
+
+def holder_state(holder: dict[str, Any], now: float) -> str:
+    """'busy 2 h', 'idle 45 min', '2 h' (not known yet), or 'starting' / 'restarting'."""
+    state = holder.get("state", "running")
+    if state != "running":
+        return _clean(state)
+    held = human_duration(now - _float(holder.get("since")))
+    if holder.get("activity") == "idle" and holder.get("idle_since"):
+        return f"idle {human_duration(now - _float(holder.get('idle_since')))}"
+    return f"busy {held}" if holder.get("activity") == "busy" else held
+
+
+def usage_text(row: dict[str, Any]) -> str:
+    """'73% busy, 12.5 GiB used' where the broker gave it (admins, with NVML)."""
+    parts = []
+    if isinstance(row.get("utilization"), int):
+        parts.append(f"{row['utilization']}% busy")
+    if _int(row.get("memory_used")):
+        parts.append(f"{human_bytes(row['memory_used'])} used")
+    return ", ".join(parts)
 
 
 def _int(value: Any) -> int:

@@ -3,12 +3,15 @@ sharing, restarts, release when containers end, and the book rebuilt from labels
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 import pytest
 from labnotebook.hub import gpu_book as G
+from labnotebook.hub.gpu_activity import KernelActivity
 from labnotebook.hub.gpu_book import ALL, Gpu, GpuBook
+from labnotebook.hub.gpu_inventory import parse_usage_json
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.durations import human_duration
 from labnotebook.provisioner.errors import GpuUnavailable, KernelConfigError, PermissionRefused
@@ -443,6 +446,8 @@ def test_holders_and_the_table() -> None:
             "since": T0,
             "shared": False,
             "state": "running",
+            "activity": "",
+            "idle_since": None,
         }
     ]
     assert rows[1]["holders"] == [] and rows[1]["model"] == "NVIDIA A100"
@@ -476,3 +481,69 @@ def test_short_and_full_container_ids_are_the_same_container() -> None:
     mark = book.mark()
     assert book.release(full) is True
     assert book.sync([entry], mark=mark).adopted == ()
+
+
+# -- busy or idle ------------------------------------------------------------------------------
+
+
+def test_a_kernel_is_idle_from_the_first_sample_that_shows_no_work() -> None:
+    activity = KernelActivity()
+    activity.observe("c1", 10.0, 1000.0)
+    assert activity.state("c1") == ("", None)  # one sample: no rate yet
+    activity.observe("c1", 40.0, 1030.0)  # a whole CPU for 30 s
+    assert activity.state("c1") == ("busy", None)
+    activity.observe("c1", 40.1, 1060.0)  # 0.3 % of a CPU: a heartbeat
+    assert activity.state("c1") == ("idle", 1030.0)
+    activity.observe("c1", 40.2, 1090.0)
+    assert activity.state("c1") == ("idle", 1030.0)  # idle since the last busy sample
+    activity.observe("c1", 55.0, 1120.0)
+    assert activity.state("c1") == ("busy", None)
+    activity.observe("c1", 1.0, 1150.0)  # CPU time went back: another container, start over
+    assert activity.state("c1") == ("", None)
+    activity.keep_only(set())
+    assert activity.state("c1") == ("", None)
+
+
+def test_refusals_and_the_table_say_busy_or_idle() -> None:
+    book, clocks = lab(2, member_cap=1, sharing=False)
+    activity = KernelActivity()
+    book.activity = activity.state
+    start(book, ALICE, "ka", "train")
+    start(book, BOB, "kb", "eval")
+    began = clocks.wall
+    activity.observe("ka0000000000-container", 5.0, began)
+    activity.observe("ka0000000000-container", 5.0 + 3600, began + 3600)  # computing
+    activity.observe("kb0000000000-container", 2.0, began)
+    activity.observe("kb0000000000-container", 2.0, began + 60)  # idle from the start
+    clocks.advance(2 * 3600)
+    with pytest.raises(GpuUnavailable) as refused:
+        book.assign(CAROL, "carol", "kc", "lstm", 1)
+    assert str(refused.value) == (
+        "All 2 GPUs are in use: GPU 0 by alice (kernel 'train', busy 2 h), GPU 1 by bob "
+        "(kernel 'eval', idle 2 h). Try again later or ask them."
+    )
+    rows = book.holders()
+    assert rows[0]["holders"][0]["activity"] == "busy"
+    assert rows[1]["holders"][0]["idle_since"] == began
+    rows[0].update(utilization=73, memory_used=31 << 30)  # what an admin's view adds
+    assert describe_table(rows, now=clocks.wall) == (
+        "GPU 0  NVIDIA A100 40 GiB  alice (kernel 'train', busy 2 h)  [73% busy, 31 GiB used]\n"
+        "GPU 1  NVIDIA A100 40 GiB  bob (kernel 'eval', idle 2 h)"
+    )
+
+
+def test_usage_from_the_inventory_container_is_checked() -> None:
+    document = {
+        "gpus": [],
+        "usage": {
+            "GPU-aaaa": {"utilization": 40, "memory_used": 1 << 30},
+            "GPU-bbbb": {"utilization": "lots", "memory_used": -5},
+            "x" * 200: {"utilization": 1},
+            "GPU-cccc": "not a row",
+        },
+    }
+    assert parse_usage_json("banner\n" + json.dumps(document)) == {
+        "GPU-aaaa": {"utilization": 40, "memory_used": 1 << 30},
+        "GPU-bbbb": {"utilization": None, "memory_used": 0},
+    }
+    assert parse_usage_json("not json") == {} and parse_usage_json("") == {}
