@@ -79,6 +79,15 @@ class GpuPolicy(LoggingConfigurable):
         GPUs from NVML, once, before its first GPU launch. Its UUIDs, models and memory fill
         in `devices`, or stand for them where `devices` is empty. Empty: `devices` only.""",
     )
+    idle_timeout = Float(
+        3600.0,
+        config=True,
+        help="""Seconds after which an idle GPU kernel is shut down, giving its GPUs back
+        (`make up GPU_KERNEL_IDLE_TIMEOUT=`): an idle GPU is the lab's most expensive waste.
+        The broker tells each GPU kernel's provisioner at launch, which lowers the
+        kernel's cull_idle_timeout to it in the member's Jupyter server, for every
+        kernelspec, the lab's and the members' own. 0: as other kernels.""",
+    )
     activity_interval = Float(
         30.0,
         config=True,

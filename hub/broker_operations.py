@@ -138,6 +138,10 @@ class BrokerOperations(ExportOperations):
                 launched = self.addresses.launch(spec, peer.uid, self.engine)
                 engine_ms = (time.perf_counter() - started) * 1000
                 self.gpus.confirm(spec, launched.container_id)
+                if gpus:
+                    launched = dataclasses.replace(
+                        launched, idle_timeout=self.gpus.policy.idle_timeout
+                    )
                 return dataclasses.asdict(launched), engine_ms
 
         result, engine_ms = await self.run(launch)

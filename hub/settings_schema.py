@@ -192,8 +192,8 @@ SETTINGS: tuple[Setting, ...] = (
         member's kernels may hold at once. Empty: half the lab's GPUs, and at least 1."""),
     Setting("GPU_KERNEL_IDLE_TIMEOUT", "3600", "seconds", GPUS,
         field="gpu_kernel_idle_timeout", missing="default", help="""Seconds before an idle
-        kernel of the lab's GPU kernelspec is shut down, giving its GPUs back (0: as other
-        kernels, KERNEL_IDLE_TIMEOUT)."""),
+        GPU kernel (any kernelspec that asks for GPUs, the lab's or a member's own) is shut
+        down, giving its GPUs back (0: as other kernels, KERNEL_IDLE_TIMEOUT)."""),
     Setting("GPU_SHARING", "", "flag", GPUS, field="gpu_sharing", help="""yes: when no GPU
         is free, a GPU kernel shares the least-loaded one (its member is told). no: it is
         refused at once, with who holds each GPU."""),

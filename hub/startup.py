@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from labnotebook.kernelspecs import bundled
-from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
-from labnotebook.provisioner.gpus import parse_gpus
+from labnotebook.provisioner.errors import KernelConfigError
 
-from . import broker_gpus, gpu_inventory, sharing, tls, users
+from . import gpu_inventory, sharing, tls, users
 from .settings import (
     ADMIN_GROUP,
     BROKER_CONFIG,
@@ -141,20 +140,18 @@ def kernelspec(settings: LabSettings, name: str = "python-docker") -> dict[str, 
         network=settings.network,
         volumes=lab_mounts(settings),
     )
-    if asks_for_gpus(config.get("gpus")) and settings.gpu_kernel_idle_timeout:
-        # An idle GPU is the lab's most expensive waste: jupyter_server culls kernels of
-        # this kernelspec after its own, shorter timeout.
-        timeouts = [settings.gpu_kernel_idle_timeout, settings.kernel_idle_timeout]
-        spec["metadata"]["cull_idle_timeout"] = min(t for t in timeouts if t > 0)
     return spec
 
 
-def asks_for_gpus(setting: Any) -> bool:
-    """Whether a kernelspec's gpus setting asks the lab for GPUs (see hub/broker_gpus.py)."""
-    try:
-        return broker_gpus.wanted_count(parse_gpus(setting)) != 0
-    except (KernelConfigError, PermissionRefused):
-        return True  # device IDs: refused at launch, but a GPU kernelspec all the same
+def gpu_idle_timeout(settings: LabSettings) -> float:
+    """Seconds after which an idle GPU kernel is shut down: the shorter of
+    GPU_KERNEL_IDLE_TIMEOUT and KERNEL_IDLE_TIMEOUT (0: as other kernels). The broker tells
+    each GPU kernel's provisioner at launch (GpuPolicy.idle_timeout), whatever kernelspec
+    it came from."""
+    if settings.gpu_kernel_idle_timeout <= 0:
+        return 0
+    timeouts = [settings.gpu_kernel_idle_timeout, settings.kernel_idle_timeout]
+    return min(t for t in timeouts if t > 0)
 
 
 def kernelspec_image(spec: dict[str, Any]) -> str:
@@ -260,6 +257,7 @@ def broker_config(settings: LabSettings, sample_images: list[str] | None = None)
             "member_gpus": settings.member_gpus,
             "sharing": settings.gpu_sharing,
             "inventory_image": settings.hub_image,
+            "idle_timeout": gpu_idle_timeout(settings),
         },
         "BuildPolicy": {
             "default_base": settings.kernel_image,

@@ -221,6 +221,7 @@ class BrokerEngine:
             image_id=str(result.get("image_id") or ""),
             image_digests=tuple(result.get("image_digests") or ()),
             image_labels=dict(result.get("image_labels") or {}),
+            idle_timeout=float(result.get("idle_timeout") or 0),
         )
 
     def state(self, container_id: str) -> ContainerState | None:

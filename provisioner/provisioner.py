@@ -569,6 +569,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         )
         self._previous = (dict(request.connection), launched)
         self._notice = None  # told once, by the kernel that followed
+        self._apply_lab_idle_timeout(launched.idle_timeout)
         info = dict(request.connection)
         info.update(launched.ports)
         info["ip"] = launched.ip
@@ -594,6 +595,23 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 self.log.warning("Could not prune orphaned kernel containers: %s", e)
 
         _DOCKER_CALLS.submit(reap)
+
+    def _apply_lab_idle_timeout(self, seconds: float) -> None:
+        """The lab wants this kernel culled after `seconds` idle (its GPUs: the broker says
+        so at launch). jupyter_server's culler reads cull_idle_timeout from the kernel's
+        kernelspec metadata, the very object this provisioner was given, so lowering it
+        here holds for every kernelspec, the lab's and those members write, and never
+        raises a shorter timeout the kernelspec asked for."""
+        if seconds <= 0 or self.kernel_spec is None:
+            return
+        metadata = self.kernel_spec.metadata
+        asked = metadata.get("cull_idle_timeout")
+        if not isinstance(asked, int | float) or asked <= 0 or asked > seconds:
+            metadata["cull_idle_timeout"] = int(seconds)
+            self.log.info(
+                "Kernel %s holds GPUs: it is shut down after %d s idle (the lab's setting)",
+                self.kernel_id, int(seconds),
+            )  # fmt: skip
 
     async def _wait_until_listening(self, launched: LaunchedContainer) -> None:
         """Return once the kernel accepts connections; raise at once if its container exits.

@@ -72,6 +72,10 @@ class LaunchedContainer:
     """That image's repo digests (`name@sha256:...`), when it was pushed or pulled."""
     image_labels: dict[str, str] = field(default_factory=dict)
     """That image's own labels (build provenance: `org.labnotebook.*`, `org.opencontainers.*`)."""
+    idle_timeout: float = 0.0
+    """Seconds of idleness after which the lab wants this kernel shut down, whatever its
+    kernelspec says (the lab's broker sets it for GPU kernels: GPU_KERNEL_IDLE_TIMEOUT);
+    0: the client's own culling."""
 
 
 @dataclass(frozen=True)

@@ -142,14 +142,19 @@ def test_gpu_settings_reach_the_broker_and_the_gpu_kernelspec(
         "member_gpus": 1,
         "sharing": True,
         "inventory_image": lab.hub_image,
+        "idle_timeout": min(3600, lab.kernel_idle_timeout),  # 3600: the setting's default
     }
-    # The shorter of GPU_KERNEL_IDLE_TIMEOUT and KERNEL_IDLE_TIMEOUT culls GPU kernels.
-    gpu = startup.kernelspec(
-        lab_settings(monkeypatch, KERNEL_IDLE_TIMEOUT="7200"), "python-gpu-docker"
-    )
-    assert gpu["metadata"]["cull_idle_timeout"] == 3600  # GPU_KERNEL_IDLE_TIMEOUT's default
+    # The shorter of GPU_KERNEL_IDLE_TIMEOUT and KERNEL_IDLE_TIMEOUT culls GPU kernels; the
+    # broker tells each GPU kernel at launch, so no kernelspec carries it.
+    cases = [("7200", "3600", 3600), ("1800", "3600", 1800), ("0", "600", 600), ("1800", "0", 0)]
+    for kernel, gpu, expected in cases:
+        settings = lab_settings(
+            monkeypatch, KERNEL_IDLE_TIMEOUT=kernel, GPU_KERNEL_IDLE_TIMEOUT=gpu
+        )
+        assert startup.broker_config(settings)["GpuPolicy"]["idle_timeout"] == expected
+    gpu = startup.kernelspec(lab_settings(monkeypatch), "python-gpu-docker")
     assert gpu["metadata"]["kernel_provisioner"]["config"]["gpus"] == 1
-    assert "cull_idle_timeout" not in startup.kernelspec(lab)["metadata"]  # no GPU asked
+    assert "cull_idle_timeout" not in gpu["metadata"]
     unset = lab_settings(monkeypatch, GPUS="", MEMBER_GPUS="")
     assert startup.broker_config(unset)["GpuPolicy"]["devices"] == []
     assert startup.broker_config(unset)["GpuPolicy"]["member_gpus"] is None
