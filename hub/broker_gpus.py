@@ -216,7 +216,9 @@ class GpuService:
             api.wait(container, timeout=120)
             return bytes(api.logs(container, stdout=True, stderr=False))
         finally:
-            api.remove_container(container, force=True)
+            # v=True: the image may declare volumes (the hub image does: /home, /srv/state),
+            # which would otherwise stay behind, two more at every inventory.
+            api.remove_container(container, force=True, v=True)
 
     def usage(self) -> dict[str, dict[str, Any]]:
         """Device id -> utilization (%) and memory used, from NVML (at most every

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,60 +35,17 @@ from .broker_fixtures import (
     delete_account,
     kernel_spec,
 )
-from .conftest import REQUIRE_DOCKER, SESSION
+from .conftest import SESSION
+from .fake_gpu_engine import (  # noqa: F401 (the fixtures)
+    BASE_IMAGE,
+    GpuEngine,
+    gpu_engine_fixture,
+    gpu_engine_images_fixture,
+)
 
 pytestmark = pytest.mark.docker
 
-FAKE_GPU = Path(__file__).parent / "fake_gpu"
-BASE_IMAGE = os.environ.get("LABNOTEBOOK_BASE_IMAGE", "labnotebook/base:bookworm")
 NETWORK = f"lnbgpu-{SESSION[:6]}"
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRE_DOCKER:
-        pytest.fail(f"LABNOTEBOOK_REQUIRE_DOCKER=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def gpu_engine(docker_client: docker.DockerClient) -> Iterator[docker.DockerClient]:
-    """A private engine with GPU requests (and the base image copied in), for this module."""
-    if os.geteuid() != 0:
-        _unavailable("the stand-in GPU engine needs root")
-    for tool in ("dockerd", "ip", "curl"):
-        if shutil.which(tool) is None:
-            _unavailable(f"the stand-in GPU engine needs {tool}")
-    folder = Path(f"/tmp/lnbfg-{SESSION[:6]}")
-    # An "nvidia" runtime too, as the toolkit registers on a GPU host (`docker info` shows it,
-    # so the broker tries NVML); here it is plain runc.
-    runc = shutil.which("runc") or "/usr/sbin/runc"
-    started = subprocess.run(
-        ["sh", str(FAKE_GPU / "dockerd-fake-gpu.sh"), str(folder), f"--add-runtime=nvidia={runc}"],
-        capture_output=True, text=True, timeout=300,
-        env={**os.environ, "FAKEGPU_IMAGES": BASE_IMAGE},
-    )  # fmt: skip
-    try:
-        assert started.returncode == 0, started.stderr
-        host = started.stdout.strip()
-        engine = docker.DockerClient(base_url=host, timeout=120)
-        engine.labnotebook_host = host  # type: ignore[attr-defined]
-        # A subnet of its own, clear of the host engine's pools (both allocate from the same
-        # default ranges otherwise).
-        engine.networks.create(
-            NETWORK,
-            driver="bridge",
-            ipam=docker.types.IPAMConfig(
-                pool_configs=[docker.types.IPAMPool(subnet=f"10.253.{os.getpid() % 200}.0/24")]
-            ),
-        )
-        yield engine
-        engine.close()
-    finally:
-        subprocess.run(
-            ["sh", str(FAKE_GPU / "stop-dockerd-fake-gpu.sh"), str(folder)],
-            capture_output=True, timeout=120,
-        )  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -150,12 +103,12 @@ class GpuLab:
 
 
 @pytest.fixture(scope="module")
-def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
+def gpu_lab(gpu_engine: GpuEngine) -> Iterator[GpuLab]:
     tag = SESSION[:6]
     accounts: dict[str, Account] = {}
     agents: dict[str, UserAgent] = {}
     config = (
-        f"c.KernelBroker.docker_host = {gpu_engine.labnotebook_host!r}\n"
+        f"c.KernelBroker.docker_host = {gpu_engine.host!r}\n"
         f"c.LaunchPolicy.network = {NETWORK!r}\n"
         f"c.LaunchPolicy.allowed_images = [{BASE_IMAGE!r}]\n"
         "c.KernelBroker.reap_interval = 0\n"
@@ -165,6 +118,8 @@ def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
         "c.GpuPolicy.member_gpus = 1\n"
     )
     broker = None
+    # Its subnet from the engine's own pool, clear of the host engine's.
+    network = gpu_engine.client.networks.create(NETWORK, driver="bridge")
     try:
         for who in ("alice", "bob", "carol"):
             accounts[who] = create_account(f"lnbtest{who[0]}g{tag}")
@@ -172,7 +127,7 @@ def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
                 accounts[who].uid, env={"LNBTEST_SCENARIOS": "tests.kernel_build_scenarios"}
             )
         broker = BrokerProcess(config).start()
-        lab = GpuLab(broker, gpu_engine, accounts, agents, config)
+        lab = GpuLab(broker, gpu_engine.client, accounts, agents, config)
         yield lab
         broker = lab.broker
         lab.clean()
@@ -184,6 +139,7 @@ def gpu_lab(gpu_engine: docker.DockerClient) -> Iterator[GpuLab]:
             broker.cleanup()
         for account in accounts.values():
             delete_account(account)
+        network.remove()
 
 
 @pytest.fixture

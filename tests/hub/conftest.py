@@ -65,6 +65,16 @@ class Lab:
     certificate: Path | None = None
     """The operator's certificate given to `make up SSL_CERT=...`; None: the generated one."""
     up_output: str = ""
+    docker_host: str | None = None
+    """The engine this lab runs on (DOCKER_HOST for its every `docker` and `make`); None: the
+    host's default engine."""
+
+    @property
+    def env(self) -> dict[str, str] | None:
+        """The environment of this lab's `docker` and `make` commands (None: this process's)."""
+        if self.docker_host is None:
+            return None
+        return {**os.environ, "DOCKER_HOST": self.docker_host}
 
     @property
     def url(self) -> str:
@@ -91,13 +101,23 @@ class Lab:
         self, target: str, check: bool = True, **extra: str
     ) -> subprocess.CompletedProcess[str]:
         variables = [f"{k}={v}" for k, v in {**self.settings, **extra}.items()]
-        return run("make", "--no-print-directory", "-C", str(ROOT), target, *variables, check=check)
+        return run(
+            "make", "--no-print-directory", "-C", str(ROOT), target, *variables,
+            check=check, env=self.env,
+        )  # fmt: skip
 
     def exec(
         self, *argv: str, user: str = "root", stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         flags = ["-i"] if stdin is not None else []
-        return run("docker", "exec", *flags, "-u", user, self.name, *argv, input=stdin, check=check)
+        return run(
+            "docker", "exec", *flags, "-u", user, self.name, *argv,
+            input=stdin, check=check, env=self.env,
+        )  # fmt: skip
+
+    def docker(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`docker ...` on this lab's engine."""
+        return run("docker", *argv, check=check, env=self.env)
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Wait until the hub answers /hub/health (after a restart)."""
@@ -128,16 +148,16 @@ class Lab:
 
     def destroy(self) -> None:
         """Remove the hub container, its kernels, its volumes and its network."""
-        run("docker", "rm", "-f", self.name, check=False)
-        kernels = run(
-            "docker", "ps", "-aq", "--filter", "label=org.labnotebook.role=kernel",
+        self.docker("rm", "-f", self.name, check=False)
+        kernels = self.docker(
+            "ps", "-aq", "--filter", "label=org.labnotebook.role=kernel",
             "--filter", f"network={self.name}", check=False,
         ).stdout.split()  # fmt: skip
         if kernels:
-            run("docker", "rm", "-f", *kernels, check=False)
+            self.docker("rm", "-f", *kernels, check=False)
         for volume in ("homedirs", "state", "readonly", "broker"):
-            run("docker", "volume", "rm", "-f", f"{self.name}-{volume}", check=False)
-        run("docker", "network", "rm", self.name, check=False)
+            self.docker("volume", "rm", "-f", f"{self.name}-{volume}", check=False)
+        self.docker("network", "rm", self.name, check=False)
 
 
 @pytest.fixture(scope="session")
