@@ -162,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_kernel(groups)
 
-    from .export import add_parser as add_export
+    from .export_cli import add_parser as add_export
 
     add_export(groups)
 

@@ -58,3 +58,17 @@ def test_every_data_file_is_in_the_wheel(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = sorted(path for path, installed in data_files().items() if installed not in names)
     assert not missing, f"not in {wheel.name} (add them to pyproject's package-data): {missing}"
+
+
+def test_the_command_line_starts_without_the_docker_sdk() -> None:
+    """The lab's kernel image has `labnotebook` (it reaches the broker) but not the Docker
+    SDK: every command's parser must load without it (images/kernel-python checks `labnotebook
+    kernel --help` at build)."""
+    program = (
+        "import sys; sys.modules['docker'] = None\n"  # `import docker` now raises ImportError
+        "from labnotebook.provisioner import cli\n"
+        "cli.parser().parse_args(['kernel', '--help'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage: labnotebook kernel" in done.stdout, done.stdout
