@@ -17,6 +17,13 @@ import pytest
 from labnotebook.provisioner.gpus import engine_has_gpus
 
 
+def setting_default(name: str) -> str:
+    """A `make up` setting's default, from its one declaration (hub/settings_schema.py)."""
+    from labnotebook.hub.settings_schema import SETTINGS
+
+    return next(s.default for s in SETTINGS if s.name == name)
+
+
 def why_not() -> str:
     """Why this host cannot run the real-GPU checks ('' when it can)."""
     try:

@@ -46,6 +46,7 @@ from .fake_gpu_engine import (  # noqa: F401 (the fixtures)
 pytestmark = pytest.mark.docker
 
 NETWORK = f"lnbgpu-{SESSION[:6]}"
+GPU_IDLE_TIMEOUT = 900  # GPU_KERNEL_IDLE_TIMEOUT, as startup.gpu_idle_timeout writes it
 
 
 @dataclass
@@ -116,6 +117,7 @@ def gpu_lab(gpu_engine: GpuEngine) -> Iterator[GpuLab]:
         # No NVML in this image (nor a GPU here): the inventory fails, and GPUS stands in.
         f"c.GpuPolicy.inventory_image = {BASE_IMAGE!r}\n"
         "c.GpuPolicy.member_gpus = 1\n"
+        f"c.GpuPolicy.idle_timeout = {GPU_IDLE_TIMEOUT}\n"
     )
     broker = None
     # Its subnet from the engine's own pool, clear of the host engine's.
@@ -301,3 +303,16 @@ def test_the_hub_pages_say_who_holds_which(lab: GpuLab) -> None:
     )
     assert "free" in [r["holders"] for r in admin.rows]
     assert pages(None) is None  # the login page asks nothing
+
+
+def test_gpu_kernels_are_told_their_shorter_idle_timeout(lab: GpuLab) -> None:
+    """The broker tells a GPU kernel's provisioner its idle timeout at launch (which then
+    lowers the kernel's cull_idle_timeout: test_hub_units); a kernel without GPUs hears none."""
+    results = {}
+    for who, gpus in (("alice", {"count": 1}), ("bob", "auto")):
+        request = kernel_spec(image=BASE_IMAGE, gpus=gpus, kernel_name=f"{who}-idle")
+        results[who] = lab.agents[who].call("launch_json", sock=lab.broker.socket, spec=request)
+    assert lab.devices(results["alice"]["container_id"])[0]  # it holds a GPU
+    assert results["alice"]["idle_timeout"] == GPU_IDLE_TIMEOUT
+    assert lab.devices(results["bob"]["container_id"]) == ([], "")
+    assert not results["bob"].get("idle_timeout")

@@ -2,12 +2,15 @@
 GPUs, the driver and the NVIDIA Container Toolkit; skips with its reason everywhere else.
 
 tests/test_gpu_sharing.py checks the broker's assignment on a stand-in engine; this checks
-what only a real GPU can show: that a container given a device sees exactly that device, and
-that CUDA works on it.
+what only a real GPU can show: that a container given a device sees exactly that device, that
+CUDA works on it, and that the lab's broker (its NVML inventory, read with the hub image)
+gives two members' kernels two different GPUs at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,12 +19,14 @@ import docker
 import pytest
 from labnotebook.provisioner.gpus import GpuRequest, engine_has_gpus
 
-from .gpu_check import why_not
+from .gpu_check import setting_default, why_not
 
 if why_not():
     pytest.skip(why_not(), allow_module_level=True)
 
 BASE_IMAGE = os.environ.get("LABNOTEBOOK_BASE_IMAGE", "labnotebook/base:bookworm")
+# The broker reads the host's GPUs with NVML in a short-lived container of the hub image.
+HUB_IMAGE = os.environ.get("LABNOTEBOOK_HUB_IMAGE", setting_default("HUB_IMAGE"))
 GPU_IMAGE = os.environ.get("LABNOTEBOOK_GPU_IMAGE", "labnotebook/kernel-gpu:latest")
 LABEL = {"labnotebook-test.gpu-check": uuid.uuid4().hex[:8]}
 
@@ -120,3 +125,64 @@ def test_two_kernels_at_once_see_two_different_gpus(engine, gpus) -> None:
     finally:
         first.remove(force=True)
         second.remove(force=True)
+
+
+def test_two_members_kernels_through_the_broker_get_two_different_gpus(engine, gpus) -> None:
+    """As the lab runs them: two members' GPU kernels, launched through a root broker whose
+    inventory is NVML's (no GPUS setting), each see exactly the one GPU the broker gave it."""
+    if len(gpus) < 2:
+        pytest.skip("one GPU here: two members' kernels at once need two")
+    try:
+        engine.images.get(HUB_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"no {HUB_IMAGE} for the broker's NVML inventory (build it: make images)")
+    from .broker_fixtures import (
+        BrokerProcess,
+        UserAgent,
+        create_account,
+        delete_account,
+        kernel_spec,
+    )
+
+    tag = LABEL["labnotebook-test.gpu-check"]
+    network = engine.networks.create(f"lnbgpucheck-{tag}", driver="bridge", labels=LABEL)
+    config = (
+        f"c.LaunchPolicy.network = {network.name!r}\n"
+        f"c.LaunchPolicy.allowed_images = [{BASE_IMAGE!r}]\n"
+        "c.KernelBroker.reap_interval = 0\n"
+        f"c.GpuPolicy.inventory_image = {HUB_IMAGE!r}\n"
+    )
+    accounts = [create_account(f"lnbgpu{who}{tag[:4]}") for who in "ab"]
+    scenarios = {"LNBTEST_SCENARIOS": "tests.kernel_build_scenarios"}  # `labnotebook` as her
+    agents = [UserAgent(account.uid, env=scenarios) for account in accounts]
+    broker = BrokerProcess(config).start()
+    containers: list[str] = []
+    try:
+        shown = agents[0].call("cli", argv=["gpus", "--json", "--broker-socket", broker.socket])
+        assert shown["code"] == 0, shown
+        listed = {row["uuid"] for row in json.loads(shown["out"])}
+        assert listed == {gpu["uuid"] for gpu in gpus}, shown  # NVML's, not a setting
+        for agent in agents:
+            request = kernel_spec(image=BASE_IMAGE, gpus={"count": 1}, kernel_name="gpu-check")
+            launched = agent.call("launch_json", sock=broker.socket, spec=request)
+            containers.append(str(launched["container_id"]))
+        seen = []
+        for container_id in containers:
+            code, output = engine.containers.get(container_id).exec_run(["nvidia-smi", "-L"])
+            assert code == 0, output
+            lines = [line for line in output.decode().splitlines() if line.startswith("GPU ")]
+            assert len(lines) == 1, output  # exactly its own GPU
+            seen.append(lines[0])
+        uuids = [next(u for u in listed if u in line) for line in seen]
+        assert len(set(uuids)) == 2, seen  # two different GPUs
+    finally:
+        for container_id in containers:
+            with contextlib.suppress(docker.errors.NotFound):
+                engine.containers.get(container_id).remove(force=True)
+        for agent in agents:
+            agent.close()
+        print(broker.log_text())
+        broker.cleanup()
+        for account in accounts:
+            delete_account(account)
+        network.remove()
