@@ -87,8 +87,8 @@ class BrokerOperations(ExportOperations):
         # The broker lets each member hold only a few (max_waits_per_user), so these
         # threads go round: a few dozen members can wait at once.
         self._wait_pool = ThreadPoolExecutor(64, thread_name_prefix="broker-wait")
-        self._launching: dict[int, int] = defaultdict(int)  # guarded by _kernel_locks[uid]
-        self._memory: dict[int, int] = defaultdict(int)  # of launches in progress, likewise
+        # Launches in progress, per member: (kernel ID, memory). Guarded by _kernel_locks[uid].
+        self._launching: dict[int, list[tuple[str, int]]] = defaultdict(list)
         self._kernel_locks: dict[int, threading.Lock] = {}
         self.addresses = AddressBook(policy.network, address_hold, log)
         self.build_policy = build_policy or BuildPolicy(config=policy.config, log=log)
@@ -128,7 +128,7 @@ class BrokerOperations(ExportOperations):
             member_image = self.images.launchable(peer, args["spec"].get("image"))
             admitted = self.policy.admit(peer, args["spec"], member_image=member_image)
             with (
-                self._reserve_kernel(peer.uid, admitted.memory or 0),
+                self._reserve_kernel(peer.uid, admitted.memory or 0, admitted.kernel_id),
                 self.gpus.assigned(peer, admitted) as (request, gpus),
             ):
                 # Launched for the peer process itself: when it is gone, the reaper removes
@@ -148,18 +148,26 @@ class BrokerOperations(ExportOperations):
         return {"ok": True, "result": result, "engine_ms": round(engine_ms, 3)}
 
     @contextlib.contextmanager
-    def _reserve_kernel(self, uid: int, memory: int) -> Iterator[None]:
+    def _reserve_kernel(self, uid: int, memory: int, kernel_id: str) -> Iterator[None]:
         """Admission control: hold one of the member's places - max_kernels_per_user
         kernels, and max_memory_per_user bytes of kernel memory limits - while the launch runs.
 
         Counting and reserving happen under the member's lock, so concurrent launches cannot
-        all see room for one more. (A launch that has created its container counts twice
-        until it returns: near a cap, concurrent launches err on the side of refusing.)
+        all see room for one more. A launch in progress counts once: by its reservation, not
+        also by the container it may have created already (its kernel ID; the engine refuses
+        a second container of the same kernel, whose name holds the ID).
         """
         cap, memory_cap = self.max_kernels_per_user, self.policy.max_memory_per_user
+        entry = (kernel_id, memory)
         with self._kernel_locks.setdefault(uid, threading.Lock()):
-            existing = self.engine.kernel_containers(uid)
-            count = len(existing) + self._launching[uid]
+            launching = self._launching[uid]
+            starting = {kernel for kernel, _ in launching}
+            existing = [
+                c
+                for c in self.engine.kernel_containers(uid)
+                if (c.get("Labels") or {}).get(L.KERNEL_ID) not in starting
+            ]
+            count = len(existing) + len(launching)
             if cap is not None and count >= cap:
                 raise PermissionRefused(
                     f"You already have {count} kernel containers; the most this lab allows "
@@ -167,23 +175,23 @@ class BrokerOperations(ExportOperations):
                 )
             if memory_cap is not None and memory:
                 limit = size_in_bytes(memory_cap) or 0
-                held = self._memory[uid] + sum(_memory_of(c) for c in existing)
+                held = sum(m for _, m in launching) + sum(_memory_of(c) for c in existing)
                 if held + memory > limit:
                     names = ", ".join(_describe(c) for c in existing) or "kernels starting now"
+                    if existing and launching:
+                        names += f", and {len(launching)} starting now"
                     raise PermissionRefused(
                         f"This kernel's {human_bytes(memory)} of memory would bring your "
                         f"kernels to {human_bytes(held + memory)}, over the "
                         f"{human_bytes(limit)} this lab allows per member. Your kernels: "
                         f"{names}. Shut one down (Kernel > Shut Down Kernel) and try again."
                     )
-            self._launching[uid] += 1
-            self._memory[uid] += memory
+            launching.append(entry)
         try:
             yield
         finally:
             with self._kernel_locks[uid]:
-                self._launching[uid] -= 1
-                self._memory[uid] -= memory
+                self._launching[uid].remove(entry)
 
     def _owned(self, peer: Peer, container: str) -> dict[str, Any] | None:
         """The container if it is one of the peer's kernels (see DockerEngine.container);

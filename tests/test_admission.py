@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 
 import pytest
 from labnotebook.hub.broker_operations import BrokerOperations
@@ -35,5 +37,37 @@ async def test_a_launch_past_the_members_memory_cap_is_refused_naming_their_kern
         small = kernel_spec(memory=1 << 30)
         assert (await operations.op_launch(me, {"spec": small}))["ok"]
         assert len(engine.kernel_containers(0)) == 3
+    finally:
+        operations.shutdown()
+
+
+class SlowToReturnEngine(FakeEngine):
+    """An engine whose launches return a while after their container exists (as a real one
+    does while the kernel starts): concurrent launches overlap there."""
+
+    def launch_container(self, spec):  # type: ignore[no-untyped-def]
+        launched = super().launch_container(spec)
+        time.sleep(0.3)
+        return launched
+
+
+async def test_concurrent_launches_up_to_the_cap_are_all_admitted() -> None:
+    """A launch whose container exists already counts once (its reservation), not twice: a
+    member who opens two notebooks at once under a cap of two kernels' memory gets both."""
+    engine = SlowToReturnEngine()
+    policy = make_policy(
+        allow_root=True, max_memory="2g", max_memory_per_user="4g", network="labnotebook"
+    )
+    operations = BrokerOperations(engine=engine, policy=policy, log=logging.getLogger("test"))
+    me = Peer(os.getpid(), 0, 0)
+    try:
+        answers = await asyncio.gather(
+            *(operations.op_launch(me, {"spec": kernel_spec()}) for _ in range(2)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(a, dict) and a["ok"] for a in answers), answers
+        with pytest.raises(PermissionRefused, match="4 GiB this lab allows per member"):
+            await operations.op_launch(me, {"spec": kernel_spec()})
+        assert len(engine.kernel_containers(0)) == 2
     finally:
         operations.shutdown()
