@@ -116,8 +116,20 @@ class BrokerOperations(ExportOperations):
                 "broker": __version__,
                 "peer": {**peer._asdict(), "username": username(peer.uid)},
                 "network": self.policy.network,
+                "folders": self._kernel_folders(peer),
             },
         }
+
+    def _kernel_folders(self, peer: Peer) -> list[str]:
+        """Where the peer's kernels see the lab's volumes. The hub mounts them at the same
+        paths, so a client in the hub (nbconvert, papermill, `jupyter console`) whose folder
+        lies inside one starts its kernel there (provisioner.py `pre_launch`); the kernel
+        enters it as the member (launch.entry)."""
+        try:
+            identity = self.policy.identity_of(peer)
+        except KernelLaunchError:
+            return []  # root, a system account: no kernels, so no folders
+        return sorted({m.target for m in self.policy.rules_for(identity).lab_mounts})
 
     async def op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = arguments(request, "launch", spec=dict)

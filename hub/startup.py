@@ -127,19 +127,16 @@ def kernel_mounts(settings: LabSettings) -> list[str]:
 
 
 def kernelspec(settings: LabSettings, name: str = "python-docker") -> dict[str, Any]:
-    """A bundled Docker kernelspec pointed at the broker; python-docker runs the lab's image
-    (KERNEL_IMAGE), the sample kernels the image their kernelspec names."""
+    """A bundled Docker kernelspec with the lab's settings; python-docker runs the lab's image
+    (KERNEL_IMAGE), the sample kernels the image their kernelspec names. The broker is not
+    among them: the provisioner finds it (image_backends.broker_socket)."""
     spec: dict[str, Any] = json.loads((bundled()[name] / "kernel.json").read_text())
     provisioner = spec.setdefault("metadata", {}).setdefault("kernel_provisioner", {})
     provisioner["provisioner_name"] = "labnotebook-docker"
     config = provisioner.setdefault("config", {})
     if name == "python-docker":
         config["image"] = settings.kernel_image
-    config.update(
-        broker_socket=str(BROKER_SOCKET),
-        network=settings.network,
-        volumes=lab_mounts(settings),
-    )
+    config.update(network=settings.network, volumes=lab_mounts(settings))
     return spec
 
 
@@ -215,9 +212,9 @@ def server_config(settings: LabSettings) -> dict[str, Any]:
         # The hub's own Python runs the servers, not kernels: kernels run in containers.
         "KernelSpecManager": {"ensure_native_kernel": False},
         # Members' own kernelspecs (`labnotebook kernel build/env`) name only their image: the
-        # lab's settings come from here, so they never go stale in a member's file.
+        # lab's settings come from here, so they never go stale in a member's file. The broker
+        # is found by the provisioner itself, for clients that never read this file too.
         "DockerKernelProvisioner": {
-            "broker_socket": str(BROKER_SOCKET),
             "network": settings.network,
             "volumes": lab_mounts(settings),
         },

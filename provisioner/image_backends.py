@@ -42,17 +42,20 @@ class Images(Protocol):
 
 def broker_socket(explicit: str | None = None) -> str | None:
     """The broker's socket if this machine has one: the option, $LABNOTEBOOK_BROKER_SOCKET, or
-    the lab hub's usual places (in the hub, and in its kernels' containers)."""
-    for candidate in (
-        explicit,
-        os.environ.get("LABNOTEBOOK_BROKER_SOCKET"),
-        DEFAULT_SOCKET,
-        SHARED_SOCKET,
-    ):
+    the lab hub's usual places (in the hub, and in its kernels' containers). The one place
+    that knows: the `labnotebook` commands and the kernel provisioner ask here.
+
+    Whatever is found, `BrokerEngine` sends nothing to a socket not served by root, so a
+    member's own socket (her variable, a link in her image) fools only herself and is
+    refused even then. The broker volume comes before the old link: in a kernel container it
+    is mounted read-only over whatever the image has there."""
+    if explicit:  # asked for: that one, never another one instead
+        if os.path.exists(explicit):
+            return explicit
+        raise KernelConfigError(f"There is no kernel broker socket at {explicit}.")
+    for candidate in (os.environ.get("LABNOTEBOOK_BROKER_SOCKET"), SHARED_SOCKET, DEFAULT_SOCKET):
         if candidate and os.path.exists(candidate):
             return candidate
-    if explicit:
-        raise KernelConfigError(f"There is no kernel broker socket at {explicit}.")
     return None
 
 

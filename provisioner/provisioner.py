@@ -16,6 +16,7 @@ import asyncio
 import dataclasses
 import functools
 import os
+import posixpath
 import random
 import signal as signals
 import uuid
@@ -57,7 +58,7 @@ from .gpus import parse_gpus
 from .identity import KernelIdentity
 from .launch import LabRules
 from .local_engine import LocalEngine
-from .mounts import Mount, container_path
+from .mounts import Mount, container_path, is_mounted
 from .notices import NOTICE_ENV, out_of_memory
 from .reaper import prune
 from .request import PORT_NAMES, LaunchRequest
@@ -138,16 +139,19 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         allow_none=True,
         config=True,
         help="""Address of the Docker engine, e.g. "unix:///var/run/docker.sock" or
-        "tcp://host:2376". Default: DOCKER_HOST from the environment, else the local socket.""",
+        "tcp://host:2376". Default: DOCKER_HOST from the environment, else the local socket.
+        Setting it means this engine, even where a lab broker is found.""",
     )
     broker_socket = Unicode(
         None,
         allow_none=True,
         config=True,
-        help="""Path of the lab's kernel broker socket. When set, kernels are launched,
-        signalled and removed by the root-owned broker (which decides the user, groups and
-        mounts itself) instead of by talking to the Docker engine. The lab hub sets this for
-        every user's server; leave unset for a single user with direct Docker access.""",
+        help="""Path of the lab's kernel broker socket. Kernels are then launched, signalled
+        and removed by the root-owned broker (which decides the user, groups and mounts
+        itself) instead of by talking to the Docker engine. Default: the lab's broker when
+        this machine has one (in the lab hub, for every client and kernelspec:
+        `image_backends.broker_socket`), else the Docker engine (a laptop). The socket must
+        be served by root, or nothing is sent to it.""",
     )
     network = Unicode(
         "labnotebook",
@@ -348,6 +352,8 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _exit_reported = False
     _exit_watch: asyncio.Future[int | None] | None = None
     _cwd: str | None = None
+    _broker_path: str | None = None
+    _broker_looked_for = False
     _previous: tuple[dict[str, Any], LaunchedContainer] | None = None
     """The last launch's connection info and container: what a restart keeps."""
     _notice: str | None = None
@@ -357,10 +363,11 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def engine(self) -> KernelEngine:
         """The engine that carries out launches: the Docker SDK, or the lab's kernel broker."""
         if self._engine is None:
-            if self.broker_socket:
+            socket_path = self.broker()
+            if socket_path:
                 from .broker_client import BrokerEngine
 
-                self._engine = BrokerEngine(self.broker_socket)
+                self._engine = BrokerEngine(socket_path)  # served by root, or refused
             else:
                 # The volumes are the request's: on a single user's engine, no lab adds its own.
                 rules = LabRules(network=self.network, allow_root=self.allow_root)
@@ -368,6 +375,24 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                     DockerEngine.shared(self.docker_host), rules, self.identity
                 )
         return self._engine
+
+    def broker(self) -> str | None:
+        """The broker's socket this provisioner launches through, or None (its own engine).
+
+        Configured, or found where the lab puts it, so that every Jupyter client in the hub
+        (nbconvert, papermill, `jupyter console`, a script's KernelManager) and every
+        kernelspec (members' own carry only their image) gets the lab's kernels: those
+        clients never read the Jupyter server's configuration. An explicit docker_host
+        names an engine of one's own instead."""
+        if not self._broker_looked_for:
+            if self.broker_socket or self.docker_host:
+                self._broker_path = self.broker_socket or None
+            else:
+                from .image_backends import broker_socket
+
+                self._broker_path = broker_socket()
+            self._broker_looked_for = True
+        return self._broker_path
 
     @property
     def has_process(self) -> bool:
@@ -443,9 +468,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         ]
         argv = [a.replace("{resource_dir}", self.kernel_spec.resource_dir) for a in argv]
 
-        cwd = kwargs.get("cwd")
-        working_dir = container_path(str(cwd), mounts, self.path_translations) if cwd else None
-        self._cwd = working_dir or identity.home
+        self._cwd = await self._working_dir(kwargs.get("cwd"), mounts) or identity.home
 
         env = kwargs.pop("env")  # jupyter_client's, filtered by _finalize_env
         if self._notice:
@@ -474,6 +497,37 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         kwargs["request"] = request
         kwargs["cmd"] = argv
         return kwargs
+
+    async def _working_dir(self, cwd: Any, mounts: list[Mount]) -> str | None:
+        """Where in the container the kernel starts: the folder the client asks for (as
+        jupyter_client's LocalProvisioner, its own working folder when it names none:
+        papermill, `jupyter console`, nbconvert on a notebook beside it), if the container
+        sees it; None (the home) otherwise.
+
+        The lab's mounts are the broker's (members' kernelspecs and clients outside the
+        Jupyter server know none), so the broker says which folders they are; the kernel then
+        enters the folder as the member (launch.entry), and sees only what she may."""
+        try:
+            folder = os.path.abspath(str(cwd)) if cwd else os.getcwd()
+        except OSError:  # the client's folder was removed under it
+            return None
+        working_dir = container_path(folder, mounts, self.path_translations)
+        lab_folders: list[str] = []
+        if working_dir is None and self.broker():
+            hello = await in_thread(self.engine.hello)  # type: ignore[attr-defined]
+            # A broker from before this question has no answer: the home, as it always gave.
+            lab_folders = [str(f) for f in hello.get("folders") or []]
+            if any(is_mounted(folder, [Mount("lab", f)]) for f in lab_folders):
+                working_dir = posixpath.normpath(folder)
+        if working_dir is None:
+            self.log.warning(
+                "Kernel %s starts in the home folder: %s is not in a folder its container "
+                "sees (%s).",
+                self.kernel_id,
+                folder,
+                ", ".join(lab_folders or [m.target for m in mounts]) or "no volumes mounted",
+            )
+        return working_dir
 
     def _connection_for_launch(self, km: Any) -> tuple[dict[str, Any], str | None, dict[str, int]]:
         """The connection info, and the address and host ports to ask for.
@@ -580,7 +634,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def _reap_orphans_once(self) -> None:
         """Remove, in the background, kernel containers left behind by servers that died."""
         global _reaped
-        if _reaped or not self.reap_orphans or self.broker_socket:
+        if _reaped or not self.reap_orphans or self.broker():
             return
         _reaped = True
         owner = None if os.getuid() == 0 else os.getuid()

@@ -122,7 +122,10 @@ def test_kernelspec_and_broker_config_follow_the_settings(
     spec = startup.kernelspec(lab)
     config = spec["metadata"]["kernel_provisioner"]["config"]
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "labnotebook-docker"
-    assert config["broker_socket"] == "/run/labnotebook-broker/broker.sock"
+    # No broker in any file: the provisioner finds it (image_backends.broker_socket), for
+    # every client and kernelspec alike.
+    assert "broker_socket" not in config
+    assert "broker_socket" not in startup.server_config(lab)["DockerKernelProvisioner"]
     mounts = ["lab2-homedirs:/home", "lab2-readonly:/home/shared/readonly"]
     assert config["volumes"] == mounts and config["network"] == "lab2"
     broker = startup.broker_config(lab)
