@@ -13,6 +13,8 @@ starts (no bind mount of a server path, so Docker-out-of-Docker and remote engin
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import dataclasses
 import functools
 import os
@@ -20,6 +22,7 @@ import posixpath
 import random
 import signal as signals
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -75,6 +78,8 @@ from .spec import (
 _DOCKER_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="labnotebook-docker")
 
 _reaped = False
+_LAUNCHED: weakref.WeakSet[DockerKernelProvisioner] = weakref.WeakSet()
+"""This process's provisioners that have launched a container (see _remove_forgotten_kernels)."""
 # How often a starting kernel's container is checked for an early exit.
 STATE_CHECK_INTERVAL = 0.4
 
@@ -604,6 +609,7 @@ class DockerKernelProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             launched = await in_thread(self.engine.launch, request)
         self.container_id = launched.container_id
         self.container_name = launched.name
+        _LAUNCHED.add(self)
         try:
             if request.publish_ports:
                 # docker-proxy accepts connections before the kernel listens; nothing to probe.
@@ -863,3 +869,16 @@ def _gid(group: int | str) -> int:
         return grp.getgrnam(group).gr_gid
     except KeyError:
         raise KernelConfigError(f"extra_groups: no group named {group!r} on the server") from None
+
+
+@atexit.register
+def _remove_forgotten_kernels() -> None:
+    """At this process's exit, remove the containers of kernels it launched and never shut
+    down through their manager: `jupyter console` ends its kernel with a shutdown message and
+    exits, a member's script forgets `shutdown_kernel()`. Nobody can reach those kernels any
+    more; the broker's reaper would remove them within a minute, this does it at once."""
+    for provisioner in list(_LAUNCHED):
+        container, engine = provisioner.container_id, provisioner._engine
+        if container is not None and engine is not None:
+            with contextlib.suppress(Exception):  # the engine or broker may be gone too
+                engine.remove(container)

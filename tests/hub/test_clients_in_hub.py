@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import textwrap
 import threading
@@ -154,8 +155,9 @@ def looked_at(lab: Lab, tag: str, start: Callable[[], str], timeout: float = 300
     thread.join(max(1.0, deadline - time.monotonic()))
     output = result.get("output", "the client did not exit in time")
     assert host, f"{tag}: the kernel never ran. The client said:\n{output[-3000:]}"
-    reports = [line for line in output.splitlines() if line.startswith("PROBE ")]
-    report = json.loads(reports[-1][len("PROBE ") :]) if reports else {}
+    # Anywhere in a line: after a prompt (`In [1]: `), or the terminal's last prompt.
+    reports = re.findall(r"PROBE (\{.*\})", output)
+    report = json.loads(reports[-1]) if reports else {}
     return Seen(container, report, output)
 
 
