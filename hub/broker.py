@@ -45,6 +45,7 @@ import docker.errors
 from labnotebook.provisioner import __version__
 from labnotebook.provisioner.broker_protocol import (
     DEFAULT_SOCKET,
+    JOB_RUNNER_OPS,
     MAX_LINE,
     OPS,
     UNSEEN_PEER_OPS,
@@ -65,6 +66,7 @@ from traitlets.config import Application, catch_config_error
 from .broker_gpus import GpuPolicy
 from .broker_operations import BrokerOperations
 from .broker_policy import LaunchPolicy, Peer, username
+from .notebook_jobs import JobPolicy
 
 # Requests made every few seconds per kernel or build (polls, data chunks): logged at DEBUG.
 QUIET_OPS = frozenset(
@@ -83,7 +85,7 @@ class KernelBroker(Application):
     name = "labnotebook-broker"
     description = "Launch, signal, inspect and remove users' kernel containers for them."
     version = __version__
-    classes: ClassVar[list[type]] = [LaunchPolicy, GpuPolicy]
+    classes: ClassVar[list[type]] = [LaunchPolicy, GpuPolicy, JobPolicy]
     aliases: ClassVar[dict[str, str]] = {
         "socket": "KernelBroker.socket_path",
         "config": "KernelBroker.config_file",
@@ -232,11 +234,13 @@ class KernelBroker(Application):
         )
         await self.operations.run(self._check_engine)
         reaper = asyncio.create_task(self._reap_forever()) if self.reap_interval > 0 else None
+        jobs = asyncio.create_task(self._tend_jobs_forever())
         gpu_watch = asyncio.create_task(self._watch_gpus_forever())
         try:
             await stop.wait()
         finally:
             server.close()  # no new connections; then finish what is in progress
+            jobs.cancel()
             await self._drain()
             gpu_watch.cancel()
             if reaper:
@@ -394,7 +398,15 @@ class KernelBroker(Application):
                 raise KernelConfigError(
                     f"The kernel broker has no operation {op!r} (it knows {', '.join(OPS)})."
                 )
-            if peer.pid <= 0 and op not in UNSEEN_PEER_OPS:
+            runner = False
+            if op in JOB_RUNNER_OPS and "job" in request:
+                # A notebook job's runner (hub/notebook_jobs.py): its secret says which job.
+                runner = bool(await self.operations.run(
+                    self.operations.jobs.runner_job, peer, request["job"]
+                ))  # fmt: skip
+                if op != "launch":  # the launch itself labels the kernel as the job's
+                    del request["job"]
+            if peer.pid <= 0 and op not in UNSEEN_PEER_OPS and not runner:
                 raise PermissionRefused(
                     f"The kernel broker cannot see the process asking (it runs outside the "
                     f"hub, e.g. in a kernel's container), so it does not {op!r} for it: a "
@@ -437,6 +449,19 @@ class KernelBroker(Application):
                 outcome,
                 (time.perf_counter() - started) * 1000,
             )
+
+    async def _tend_jobs_forever(self) -> None:
+        """Notebook jobs: start queued ones, harvest ended ones, run due schedules."""
+        jobs, last_failure = self.operations.jobs, ""
+        while True:
+            try:
+                await self.operations.run(jobs.tend)
+                last_failure = ""
+            except Exception as e:
+                if str(e) != last_failure:  # once per distinct failure, not every second
+                    self.log.exception("Tending notebook jobs failed")
+                last_failure = str(e)
+            await asyncio.sleep(jobs.settings.tend_interval)
 
     async def _reap_forever(self) -> None:
         while True:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from labnotebook.provisioner import __version__
 from labnotebook.provisioner import labels as L
 from labnotebook.provisioner.broker_protocol import ALLOWED_SIGNALS, MAX_LINE, OPS
-from labnotebook.provisioner.errors import KernelConfigError, PermissionRefused
+from labnotebook.provisioner.errors import KernelConfigError, KernelLaunchError, PermissionRefused
 from labnotebook.provisioner.sizes import human_bytes, size_in_bytes
 
 from .addresses import AddressBook
@@ -36,6 +36,7 @@ from .broker_exports import ExportOperations, ExportPolicy, ExportService
 from .broker_gpus import GpuPolicy, GpuService
 from .broker_policy import _TOKEN, LaunchPolicy, Peer, username
 from .build_policy import BuildPolicy
+from .notebook_jobs import JobPolicy, NotebookJobs
 
 T = TypeVar("T")
 
@@ -76,6 +77,7 @@ class BrokerOperations(ExportOperations):
         address_hold: float = 300.0,
         build_policy: BuildPolicy | None = None,
         gpu_policy: GpuPolicy | None = None,
+        job_policy: JobPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -95,6 +97,15 @@ class BrokerOperations(ExportOperations):
         self.images = ImageService(engine, policy, self.build_policy, log)
         self.gpus = GpuService(engine, gpu_policy or GpuPolicy(config=policy.config, log=log), log)
         self.exports = ExportService(self.images, ExportPolicy(config=policy.config, log=log), log)
+        self.jobs = NotebookJobs(
+            engine,
+            policy,
+            job_policy or JobPolicy(config=policy.config, log=log),
+            log,
+            is_admin=self.images.is_admin,
+            may_run_image=self._may_run_image,
+            remove_kernel=self._remove_kernel,
+        )
 
     def handler(self, op: str) -> Callable[[Peer, dict[str, Any]], Any]:
         assert op in OPS
@@ -132,11 +143,16 @@ class BrokerOperations(ExportOperations):
         return sorted({m.target for m in self.policy.rules_for(identity).lab_mounts})
 
     async def op_launch(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = arguments(request, "launch", spec=dict)
+        args = arguments(request, "launch", spec=dict, job=(str, None))
         if not isinstance(args["spec"], dict):
             raise KernelConfigError("A launch request needs a 'spec' object.")
 
         def launch() -> tuple[dict[str, Any], float]:
+            # A notebook job's runner launching its kernel: the kernel is the job's (never
+            # reaped for want of a server process; removed when the job ends).
+            job = self.jobs.runner_job(peer, args["job"]) if args["job"] is not None else None
+            server = f"job/{job}" if job else None
+            job_labels = {L.JOB_ID: job} if job else {}
             member_image = self.images.launchable(peer, args["spec"].get("image"))
             admitted = self.policy.admit(peer, args["spec"], member_image=member_image)
             with (
@@ -145,7 +161,9 @@ class BrokerOperations(ExportOperations):
             ):
                 # Launched for the peer process itself: when it is gone, the reaper removes
                 # it. Its GPUs (if any) are exactly the ones the book gave it.
-                spec = self.policy.container_for(peer, request, launcher_labels=gpus)
+                spec = self.policy.container_for(
+                    peer, request, server=server, launcher_labels=gpus | job_labels
+                )
                 started = time.perf_counter()
                 launched = self.addresses.launch(spec, peer.uid, self.engine)
                 engine_ms = (time.perf_counter() - started) * 1000
@@ -336,7 +354,7 @@ class BrokerOperations(ExportOperations):
         for container in self.engine.kernel_containers():
             labels = container.get("Labels") or {}
             server = labels.get(L.SERVER, "")
-            if not server or L.server_is_gone(server) is not True:
+            if labels.get(L.JOB_ID) or not server or L.server_is_gone(server) is not True:
                 continue
             name = ((container.get("Names") or [""])[0] or container["Id"][:12]).lstrip("/")
             self.engine.remove(container["Id"])
@@ -391,3 +409,54 @@ class BrokerOperations(ExportOperations):
         args = arguments(request, "image_publish", image=str, withdraw=(bool, False))
         result = await self.run(self.images.publish, peer, args["image"], args["withdraw"])
         return {"ok": True, "result": result}
+
+    # -- notebook jobs (hub/notebook_jobs.py) ------------------------------------------------
+
+    def _may_run_image(self, peer: Peer, image: str) -> bool:
+        """Whether a kernel of `peer` may run `image` (what `op_launch` would let through);
+        someone else's unpublished image is refused with its own message."""
+        if self.images.launchable(peer, image):
+            return True
+        try:
+            self.policy._image(image)
+        except PermissionRefused:
+            return False
+        return True
+
+    def _remove_kernel(self, container_id: str) -> None:
+        self.engine.remove(container_id)
+        self.gpus.release(container_id)
+        self.addresses.release(container_id)
+
+    async def op_job_submit(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(
+            request, "job_submit", notebook=str, kernel=str, kernelspec=dict,
+            parameters=(dict, None), every=(str, None),
+        )  # fmt: skip
+        result = await self.run(
+            self.jobs.submit, peer, args["notebook"], args["kernel"], args["kernelspec"],
+            args["parameters"], args["every"],
+        )  # fmt: skip
+        return {"ok": True, "result": result}
+
+    async def op_jobs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(request, "jobs", everyone=(bool, False))
+        return {"ok": True, "result": await self.run(self.jobs.jobs, peer, args["everyone"])}
+
+    async def op_job_status(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(request, "job_status", job=str)
+        return {"ok": True, "result": await self.run(self.jobs.status, peer, args["job"])}
+
+    async def op_job_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(request, "job_cancel", job=str)
+        return {"ok": True, "result": await self.run(self.jobs.cancel, peer, args["job"])}
+
+    async def op_job_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        args = arguments(request, "job_logs", job=str, since=(int, 0), wait=((int, float), 0))
+        wait = max(0.0, min(float(args["wait"]), self.jobs.settings.max_log_wait))
+        deadline = time.monotonic() + wait
+        while True:
+            result = await self.run(self.jobs.logs, peer, args["job"], args["since"])
+            if result["lines"] or result["done"] or time.monotonic() >= deadline:
+                return {"ok": True, "result": result}
+            await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -359,6 +359,47 @@ class LaunchPolicy(LoggingConfigurable):
         rules = self.rules_for(identity)
         return container_spec(admitted, identity, rules, server, launcher_labels)
 
+    def job_runner_for(
+        self,
+        owner_uid: int,
+        *,
+        job_id: str,
+        image: str,
+        argv: list[str],
+        env: dict[str, str],
+        working_dir: str,
+        memory: int | None,
+        nano_cpus: int | None,
+        pids_limit: int | None,
+        labels: dict[str, str],
+    ) -> KernelContainerSpec:
+        """The runner container of a notebook job (hub/notebook_jobs.py): the member's own
+        container like her kernels - her UID and groups, the lab's mounts and network, the
+        same hardening (`host_config.kernel_host_config`) - with the runner's small limits
+        and no ports or GPUs. Its kernel is launched through the broker like any other
+        (`admit`, the member's caps), so nothing here widens what a member can get."""
+        identity = self.identity_of(Peer(0, owner_uid, -1))
+        request = LaunchRequest(
+            kernel_id=f"job-{job_id}",
+            kernel_name=f"notebook job {job_id}",
+            image=image,
+            argv=list(argv),
+            connection={},
+            env=dict(env),
+            working_dir=working_dir,
+            memory=memory,
+            nano_cpus=nano_cpus,
+            pids_limit=pids_limit,
+            labels=self._labels(labels),
+        )
+        return container_spec(
+            request,
+            identity,
+            self.rules_for(identity),
+            server=f"job/{job_id}",
+            launcher_labels={L.ROLE: L.JOB_ROLE, L.JOB_ID: job_id},
+        )
+
     def rules_for(self, identity: KernelIdentity) -> LabRules:
         """What the lab decides for every kernel of `identity`, whatever the request says."""
         return LabRules(

@@ -37,13 +37,25 @@ wait_ready() {
     die "the hub did not answer on $(local_url) within ${READY_TIMEOUT}s (its last log lines are above)"
 }
 
+# remove_kernels [jobs]: the lab's kernel containers. Not those of notebook jobs, nor their
+# runners: jobs outlive the hub (its restarts and upgrades), and the broker removes them when
+# each job ends. With `jobs`, those too (their jobs end failed, and their owners are told).
 remove_kernels() {
-    local ids
-    ids=$(docker ps -aq --filter label=org.labnotebook.role=kernel --filter "network=$NETWORK")
+    local ids jobs
+    ids=$(docker ps -a --filter label=org.labnotebook.role=kernel --filter "network=$NETWORK" \
+        --format '{{.ID}} {{.Label "org.labnotebook.job-id"}}' | awk '$2 == "" {print $1}')
     if [ -n "$ids" ]; then
         say "Removing the lab's kernel containers"
         # shellcheck disable=SC2086
         docker rm -f $ids >/dev/null
+    fi
+    if [ "${1:-}" = jobs ]; then
+        jobs=$(docker ps -aq --filter label=org.labnotebook.job-id --filter "network=$NETWORK")
+        if [ -n "$jobs" ]; then
+            say "Stopping the lab's notebook jobs (root must move files in /home/shared alone)"
+            # shellcheck disable=SC2086
+            docker rm -f $jobs >/dev/null
+        fi
     fi
 }
 
@@ -90,9 +102,11 @@ cmd_up() {
         docker volume create --label "org.labnotebook.lab=$LAB" "$READONLY_VOLUME" >/dev/null
         migrate=yes
     fi
-    # No member's process may run while root prepares the homes volume: the hub is down
-    # here, and kernels left from its last run go too, so nobody can swap a path meanwhile.
-    remove_kernels
+    # No member's process may run while root moves files in the homes volume: the hub is
+    # down here, and kernels left from its last run go too, so nobody can swap a path
+    # meanwhile. Notebook jobs run on unless there is something to move (once, at the upgrade
+    # that gave readonly/ its own volume): otherwise root only renames a path there.
+    if [ -n "$migrate" ]; then remove_kernels jobs; else remove_kernels; fi
     prepare_homes "$migrate"
 
     local hub_memory=$HUB_MEMORY

@@ -160,6 +160,8 @@ class LabSettings:
     member_gpus: int | None
     gpu_sharing: bool
     gpu_kernel_idle_timeout: int
+    jobs_per_member: int
+    job_queue_per_member: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> LabSettings:

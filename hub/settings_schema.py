@@ -81,7 +81,7 @@ class Setting:
         return environ.get(self.name) or string.Template(self.default).substitute(earlier)
 
 
-HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, COMMANDS = (
+HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, JOBS, COMMANDS = (
     "The lab and its hub",
     "Docker network and volumes",
     "HTTPS and sign-in",
@@ -90,6 +90,7 @@ HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, COMMANDS = (
     "Resource bounds",
     "GPUs",
     "Kernel images members build",
+    "Notebook jobs",
     "Backups, logs and waiting for the hub",
 )
 
@@ -204,6 +205,13 @@ SETTINGS: tuple[Setting, ...] = (
         members may build kernel images from a Dockerfile, whose RUN steps the engine's builder
         runs as root with Docker's default capabilities (the README says what that trusts
         members with). no: requirements.txt, apt.txt and postBuild only."""),
+    Setting("JOBS_PER_MEMBER", "2", "count", JOBS, field="jobs_per_member", missing="default",
+        help="""Notebook jobs (`labnotebook jobs submit`) one member may have running at once;
+        more wait in her queue, oldest first. Each job's kernel counts against her
+        MEMBER_MEMORY and MEMBER_GPUS like her other kernels."""),
+    Setting("JOB_QUEUE_PER_MEMBER", "10", "count", JOBS, field="job_queue_per_member",
+        missing="default", help="""Notebook jobs one member may have waiting at once; a
+        submit beyond it is refused with a message."""),
     Setting("BACKUP_DIR", "backups", "path", COMMANDS,
         help="The folder `make backup` writes its archives to."),
     Setting("BACKUP", "", "path", COMMANDS, help="The archive `make restore` restores."),

@@ -256,6 +256,12 @@ def broker_config(settings: LabSettings, sample_images: list[str] | None = None)
             "inventory_image": settings.hub_image,
             "idle_timeout": gpu_idle_timeout(settings),
         },
+        "JobPolicy": {
+            "jobs_per_member": settings.jobs_per_member,
+            "queue_per_member": settings.job_queue_per_member,
+            "runner_image": settings.hub_image,
+            "state_file": str(STATE_DIR / "jobs.json"),
+        },
         "BuildPolicy": {
             "default_base": settings.kernel_image,
             "quota": None if settings.build_quota.lower() == "none" else settings.build_quota,

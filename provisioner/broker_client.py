@@ -23,7 +23,15 @@ import stat
 import threading
 from typing import Any
 
-from .broker_protocol import DEFAULT_SOCKET, MAX_LINE, encode, error_from_response, peer_credentials
+from .broker_protocol import (
+    DEFAULT_SOCKET,
+    JOB_RUNNER_OPS,
+    JOB_TOKEN_ENV,
+    MAX_LINE,
+    encode,
+    error_from_response,
+    peer_credentials,
+)
 from .errors import EngineUnreachable, KernelLaunchError
 from .request import LaunchRequest
 from .spec import ContainerState, LaunchedContainer
@@ -76,6 +84,9 @@ class BrokerEngine:
         self._idle: list[_Connection] = []
         self._lock = threading.Lock()
         self._owner = (os.getpid(), os.geteuid())
+        # In a notebook job's runner container only (provisioner/job_runner.py): the job's
+        # secret, which lets the broker launch the job's kernel for a process it cannot see.
+        self.job_token = os.environ.get(JOB_TOKEN_ENV) or None
 
     def where(self) -> str:
         return f"the kernel broker at {self.socket_path}"
@@ -161,7 +172,8 @@ class BrokerEngine:
         The response may carry more than the result (e.g. `engine_ms` for launches, which the
         benchmark uses to tell the broker's own cost from Docker's).
         """
-        line = encode({"op": op, **(args or {})})
+        job = {"job": self.job_token} if self.job_token and op in JOB_RUNNER_OPS else {}
+        line = encode({"op": op, **(args or {}), **job})
         io_timeout = self.timeout if io_timeout is None else io_timeout
         if len(line) > MAX_LINE:
             raise KernelLaunchError(f"The request to the kernel broker is too large ({op}).")
@@ -273,3 +285,27 @@ class BrokerEngine:
     def reap(self) -> list[str]:
         """Have the broker remove kernels whose server is gone now (root only)."""
         return list(self.call("reap"))
+
+    # -- notebook jobs (provisioner/jobs.py is the member's API on top) ----------------------
+
+    def job_submit(self, **fields: Any) -> dict[str, Any]:
+        """Submit a notebook job (or a schedule, with `every`); the job as the broker has it."""
+        return dict(self.call("job_submit", **fields))
+
+    def jobs(self, everyone: bool = False) -> list[dict[str, Any]]:
+        """Your jobs and schedules (an admin's `everyone`: the whole lab's)."""
+        return list(self.call("jobs", everyone=everyone))
+
+    def job_status(self, job: str) -> dict[str, Any]:
+        return dict(self.call("job_status", job=job))
+
+    def job_cancel(self, job: str) -> dict[str, Any]:
+        return dict(self.call("job_cancel", job=job))
+
+    def job_logs(self, job: str, since: int = 0, wait: float = 0) -> dict[str, Any]:
+        """The job's output lines from line `since` on: {"lines", "next", "done"}; `wait`:
+        seconds to wait for a new line (or the end)."""
+        response = self.request(
+            "job_logs", {"job": job, "since": since, "wait": wait}, io_timeout=wait + 60
+        )
+        return dict(response.get("result") or {})

@@ -53,7 +53,16 @@ OPS = (
     "images", "image_remove", "image_publish",
     "export_base", "export", "export_data", "export_status", "export_cancel", "export_check",
     "export_save",
+    "job_submit", "jobs", "job_status", "job_cancel", "job_logs",
 )  # fmt: skip
+
+# Notebook jobs (hub/notebook_jobs.py). A job's runner is a container of its own, so the
+# broker cannot see its PID either; its kernel operations carry the job's secret ("job": the
+# token the broker gave the runner in JOB_TOKEN_ENV), and only those, of that member's
+# running job, are carried out for it. Its kernel is then the job's: never reaped as an
+# orphan, removed when the job ends.
+JOB_RUNNER_OPS = frozenset({"launch", "state", "signal", "remove", "logs", "wait"})
+JOB_TOKEN_ENV = "LABNOTEBOOK_JOB_TOKEN"
 
 # What a caller the broker cannot see by PID may ask for (a process in another PID namespace,
 # e.g. `!labnotebook kernel ...` in a kernel's container, has peer PID 0): the image
@@ -65,6 +74,7 @@ UNSEEN_PEER_OPS = frozenset(
         "images", "image_remove", "image_publish",
         "export_base", "export", "export_data", "export_status", "export_cancel",
         "export_check", "export_save",
+        "job_submit", "jobs", "job_status", "job_cancel", "job_logs",
     }
 )  # fmt: skip
 

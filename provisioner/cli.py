@@ -5,6 +5,7 @@ labnotebook kernels prune [--all] [--dry-run]
 labnotebook kernelspec install [--user | --sys-prefix | --prefix DIR] [--image IMAGE] [NAME]
 labnotebook kernelspec list
 labnotebook gpus [--json] | labnotebook gpus release GPU
+labnotebook jobs submit|ls|status|logs|cancel   notebooks run to the end (jobs_cli.py)
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ def parser() -> argparse.ArgumentParser:
     from .gpu_cli import add_parser as add_gpus
 
     add_gpus(groups)
+
+    from .jobs_cli import add_parser as add_jobs
+
+    add_jobs(groups)
     return top
 
 

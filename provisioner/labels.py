@@ -19,6 +19,12 @@ SERVER = f"{PREFIX}.server"
 MEMORY = f"{PREFIX}.memory"
 """The kernel's memory limit in bytes: what the broker's per-member cap adds up."""
 KERNEL_ROLE = "kernel"
+JOB_ID = f"{PREFIX}.job-id"
+"""On a notebook job's runner container and on the kernel it runs (hub/notebook_jobs.py): which
+job they belong to. The broker removes both when the job ends, and never reaps the kernel as
+an orphan meanwhile (its server is the job, not a process in the hub)."""
+JOB_ROLE = "job"
+"""The role of a notebook job's runner container."""
 
 
 def _process_start_ticks(pid: int) -> str:

@@ -53,7 +53,8 @@ class KernelContainerSpec:
 
     @property
     def ports(self) -> dict[str, int]:
-        return {name: int(self.connection[name]) for name in PORT_NAMES}
+        # A job's runner container (hub/notebook_jobs.py) listens on nothing: no ports.
+        return {name: int(self.connection[name]) for name in PORT_NAMES if name in self.connection}
 
 
 @dataclass(frozen=True)

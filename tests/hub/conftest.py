@@ -153,6 +153,11 @@ class Lab:
             "ps", "-aq", "--filter", "label=org.labnotebook.role=kernel",
             "--filter", f"network={self.name}", check=False,
         ).stdout.split()  # fmt: skip
+        # Notebook jobs' runners outlive hubs (tests/hub/test_jobs_in_hub.py): they go too.
+        kernels += self.docker(
+            "ps", "-aq", "--filter", "label=org.labnotebook.role=job",
+            "--filter", f"network={self.name}", check=False,
+        ).stdout.split()  # fmt: skip
         if kernels:
             self.docker("rm", "-f", *kernels, check=False)
         for volume in ("homedirs", "state", "readonly", "broker"):
