@@ -9,6 +9,9 @@ kernel and that kernel's provisioner; if the provisioner is ours, the notebook's
 `metadata.labnotebook` gets the record of `record.py`. Every other notebook is saved exactly
 as it came.
 
+It also serves the member's notebook jobs to JupyterLab (jobs_handlers.py, under
+/labnotebook/api/jobs), for the lab's JupyterLab extension (hub/labextension).
+
 Clients never see what the hook writes (JupyterLab keeps its own copy of the metadata), so a
 save without a kernel keeps the newest record of the two it knows: the one the client sent
 and the one in the file on disk.
@@ -120,6 +123,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         serverapp.session_manager, serverapp.kernel_manager, parent=serverapp
     )
     serverapp.contents_manager.register_pre_save_hook(recorder.pre_save)
+    # The member's notebook jobs, for JupyterLab's "Run as job" and Jobs panel.
+    from .jobs_handlers import setup_handlers
+
+    setup_handlers(serverapp.web_app)
     serverapp.log.info(
         "labnotebook: saved notebooks record their kernel image (metadata.%s)%s",
         RECORD_KEY,

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import SESSION, Lab, free_port
+from .conftest import SESSION, Lab, free_port, run
 
 pytestmark = [pytest.mark.hub, pytest.mark.docker, pytest.mark.browser, pytest.mark.timeout(900)]
 
@@ -324,3 +325,108 @@ def test_every_customised_page_is_the_labs(fresh_lab: Lab, browser) -> None:
     finally:
         admin.close(failed)
         gus.close(failed)
+
+
+def test_a_member_runs_her_notebook_as_a_job_and_follows_it(fresh_lab: Lab, browser) -> None:
+    """JupyterLab's "Run as job" (the notebook's toolbar) and the Jobs panel (issue 18), by
+    clicking: frida writes a notebook, runs it as a job, opens the executed notebook from the
+    panel, then cancels a second, long job from the panel.
+
+    Runs after the set-up test (same hub): frida exists, and her server runs."""
+    lab = fresh_lab
+    journal: list[str] = []
+    frida = Person(browser, lab, "frida", journal)
+    failed = True
+    try:
+        frida.open("hub/login")
+        frida.log_in(PASSWORDS["frida"])
+        page = frida.page
+        _dismiss_false_server_alarms(frida)
+        page.wait_for_url(re.compile(r"/user/frida/lab"), timeout=180_000)
+        # A new notebook of hers, from a new launcher (File > New Launcher: JupyterLab
+        # restores the notebook of the set-up test); she types a cell and runs nothing here.
+        page.locator(".lm-MenuBar-itemLabel", has_text="File").click()
+        page.locator(".lm-Menu-itemLabel", has_text="New Launcher").click()
+        page.locator('.jp-LauncherCard[data-category="Notebook"][title*="Docker"]').first.click()
+        current_tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current")
+        current_tab.filter(has_text=re.compile(r"\.ipynb$")).wait_for()
+        name = current_tab.inner_text().strip()
+        page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell .cm-content").first.click()
+        page.keyboard.type("import os; print('job ran in', os.getcwd(), 'answer', 6 * 7)")
+        frida.shot("15-notebook-for-a-job")
+
+        def run_as_job() -> None:
+            toolbar = page.locator(".jp-NotebookPanel:visible .jp-NotebookPanel-toolbar")
+            toolbar.locator('[data-jp-item-name="labnotebook-run-as-job"]').click()
+            dialog = page.locator(".jp-Dialog")
+            dialog.get_by_text("runs to the end in a container of its own").wait_for()
+            kernel = dialog.get_by_label("Kernel")
+            assert kernel.input_value() == "python-docker", kernel.input_value()
+            frida.shot("16-run-as-job-dialog")
+            dialog.get_by_role("button", name="Run").click()
+            dialog.wait_for(state="detached")
+
+        run_as_job()  # it saves the notebook first: the job runs what she sees
+        jobs = page.locator("#labnotebook-jobs")
+        jobs.wait_for()  # the panel opens by itself
+        done = jobs.locator('li.lnb-Job[data-state="succeeded"]')
+        done.wait_for(timeout=240_000)
+        frida.shot("17-job-succeeded")
+        job_id = done.get_attribute("data-job-id")
+        assert job_id and name in done.inner_text(), (name, done.inner_text())
+        code, status = _as_member(lab, "frida", f"labnotebook jobs status {job_id} --json")
+        assert code == 0, status
+        assert '"state": "succeeded"' in status, status
+
+        # The executed notebook, opened from the panel, has the cell's output.
+        output = done.locator("a.lnb-Job-output")
+        assert f".job-{job_id}.ipynb" in output.inner_text(), output.inner_text()
+        output.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-OutputArea-output')]"
+            ".some(e => /job ran in \\/home\\/frida answer 42/.test(e.innerText))",
+            timeout=60_000,
+        )
+        frida.shot("18-job-output-opened")
+
+        # A long job, cancelled from the panel (after she confirms).
+        tab = re.compile(rf"^\s*{re.escape(name)}\s*$")
+        page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text=tab).first.click()
+        page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell .cm-content").first.click()
+        page.keyboard.press("Control+a")
+        page.keyboard.type("import time; time.sleep(600)")
+        run_as_job()
+        active = jobs.locator('li.lnb-Job[data-state="running"], li.lnb-Job[data-state="queued"]')
+        active.first.wait_for(timeout=120_000)
+        long_id = active.first.get_attribute("data-job-id")
+        assert long_id and long_id != job_id
+        jobs.locator(f'li.lnb-Job[data-job-id="{long_id}"]').get_by_role(
+            "button", name="Cancel"
+        ).click()
+        page.locator(".jp-Dialog").get_by_role("button", name="Cancel job").click()
+        jobs.locator(f'li.lnb-Job[data-job-id="{long_id}"][data-state="cancelled"]').wait_for(
+            timeout=60_000
+        )
+        frida.shot("19-job-cancelled")
+        # Nothing of the cancelled job is left: its runner and its kernel are removed.
+        deadline = time.monotonic() + 60
+        while containers := run(
+            "docker", "ps", "-aq", "--filter", f"label=org.labnotebook.job-id={long_id}"
+        ).stdout.split():  # fmt: skip
+            assert time.monotonic() < deadline, containers
+            time.sleep(1)
+        failed = False
+    except BaseException:
+        print("\n".join(journal[-200:]))
+        raise
+    finally:
+        frida.close(failed)
+
+
+def _as_member(lab: Lab, user: str, command: str) -> tuple[int, str]:
+    """`command` in a login shell of `user`'s, as her terminal runs it."""
+    done = run(
+        "docker", "exec", "-u", user, "-e", f"HOME=/home/{user}", "-e", f"USER={user}",
+        lab.name, "bash", "-lc", command, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
