@@ -453,6 +453,10 @@ class KernelBroker(Application):
     async def _tend_jobs_forever(self) -> None:
         """Notebook jobs: start queued ones, harvest ended ones, run due schedules."""
         jobs, last_failure = self.operations.jobs, ""
+        try:
+            await self.operations.run(jobs.warm_up)
+        except ImportError as e:  # submits with parameters will say so themselves
+            self.log.warning("Notebook jobs: papermill cannot be imported (%s)", e)
         while True:
             try:
                 await self.operations.run(jobs.tend)

@@ -318,6 +318,12 @@ class NotebookJobs:
         with self._lock:
             self._ensure_loaded()
 
+    def warm_up(self) -> None:
+        """Import papermill's notebook inspection now, in the background at the broker's
+        start, so that the first submit with parameters answers at once (the import takes
+        seconds; job_notebooks imports it where it is used)."""
+        import papermill.inspection  # noqa: F401
+
     def tend(self) -> None:
         """One round: harvest ended runners, start queued jobs, turn due schedules into jobs."""
         with self._lock:
