@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"hub": "labnotebook/hub", "provisioner": "labnotebook/provisioner",
             "kernelspecs": "labnotebook/kernelspecs"}  # fmt: skip
+BUILT_ELSEWHERE = ("hub/labextension/",)
 
 
 def data_files() -> dict[str, str]:
@@ -25,7 +26,9 @@ def data_files() -> dict[str, str]:
     ).stdout.split()
     files = {}
     for path in tracked:
-        if path.endswith(".py"):
+        # The JupyterLab extension's source is built into the hub image (images/hub), never
+        # loaded from the package: only its build ships.
+        if path.endswith(".py") or path.startswith(BUILT_ELSEWHERE):
             continue
         folder, _, rest = path.partition("/")
         files[path] = f"{PACKAGES[folder]}/{rest}"

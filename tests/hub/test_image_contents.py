@@ -26,3 +26,15 @@ def test_every_data_file_is_in_the_hub_image(lab: Lab) -> None:
     installed = set(listing)
     missing = sorted(path for path, where in data_files().items() if where not in installed)
     assert not missing, f"not installed in {lab.image}: {missing}"
+
+
+def test_the_labs_jupyterlab_extension_is_built_into_the_hub_image(lab: Lab) -> None:
+    """hub/labextension, built in the image's own stage: JupyterLab lists it as enabled."""
+    listed = subprocess.run(
+        ["docker", "run", "--rm", lab.image, "jupyter", "labextension", "list"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    lines = [
+        line for line in (listed.stdout + listed.stderr).splitlines() if "@labnotebook/lab" in line
+    ]
+    assert lines and "enabled" in lines[0] and "OK" in lines[0], listed.stdout + listed.stderr
