@@ -35,6 +35,7 @@ PASSWORDS = {
     "carol": "marmot-ladder-64",
     "dave": "puffin-harbor-27",
     "erin": "heron-cobalt-35",
+    "frank": "walrus-meadow-19",
 }
 
 
@@ -261,3 +262,9 @@ def alice(lab: Lab, admin: HubUser) -> HubUser:
 @pytest.fixture(scope="session")
 def bob(lab: Lab, admin: HubUser) -> HubUser:
     return _signed_up_and_approved(lab, "bob", admin)
+
+
+@pytest.fixture(scope="session")
+def frank(lab: Lab, admin: HubUser) -> HubUser:
+    """A member whom no test makes an admin (test_hub.py promotes bob)."""
+    return _signed_up_and_approved(lab, "frank", admin)

@@ -1,9 +1,9 @@
 """Every Jupyter client a member starts in the hub gets the lab's Docker kernels (issue 18).
 
-As alice, on the session's hub (conftest.py): `jupyter nbconvert --execute` and `papermill -p`
-typed into a real JupyterLab terminal (the server's terminals websocket, as the page does);
-`jupyter console`, `jupyter kernel` with a client attached, and her own Python with
-jupyter_client's KernelManager in a login shell like the terminal's (`docker exec -u alice -w
+As alice, on the session's hub (conftest.py): `jupyter nbconvert --execute`, `papermill -p`
+and `jupyter console` typed into a real JupyterLab terminal (the server's terminals
+websocket, as the page does); `jupyter kernel` with a client attached, and her own Python
+with jupyter_client's KernelManager in a login shell like the terminal's (`docker exec -u alice -w
 FOLDER ... bash -l`: the terminal is a login shell, whose PATH /etc/profile sets). Each on the
 lab's default kernel and on a kernel she built with `labnotebook kernel build`, whose
 kernelspec names only its image.
@@ -206,10 +206,12 @@ def papermill(lab: Lab, alice: HubUser, tag: str, kernel: str) -> Callable[[], s
     return start
 
 
-def console(lab: Lab, tag: str, kernel: str) -> Callable[[], str]:
-    code = one_line('marker = "console"\n' + probe(tag))
-    command = f"jupyter console --simple-prompt --kernel {kernel} <<'EOF'\n{code}\nEOF"
-    return lambda: _output(login_shell(lab, command))
+def console(lab: Lab, alice: HubUser, tag: str, kernel: str) -> Callable[[], str]:
+    """Typed into her terminal, its input (what she would type at its prompt) from a file."""
+    write_as_alice(lab, f"{FOLDER}/{tag}.in", one_line('marker = "console"\n' + probe(tag)) + "\n")
+    return lambda: in_terminal(
+        alice, f"jupyter console --simple-prompt --kernel {kernel} < {tag}.in"
+    )
 
 
 ATTACH = """
@@ -309,7 +311,7 @@ def runs(lab: Lab, alice: HubUser, kernels: Kernels) -> dict[tuple[str, str], Se
         start = {
             "nbconvert": lambda: nbconvert(lab, alice, tag, kernel),
             "papermill": lambda: papermill(lab, alice, tag, kernel),
-            "console": lambda: console(lab, tag, kernel),
+            "console": lambda: console(lab, alice, tag, kernel),
             "jupyter-kernel": lambda: kernel_app(lab, tag, kernel),
             "own-python": lambda: own_python(lab, tag, kernel),
         }[client]()
@@ -330,7 +332,7 @@ def test_each_client_runs_a_lab_kernel_in_the_notebooks_folder(
 ) -> None:
     seen = runs[(client, kernel)]
     check(lab, kernels, seen, kernel, MARKERS.get(client, f"{client}-{kernel}"))
-    if client in ("nbconvert", "papermill"):
+    if client in ("nbconvert", "papermill", "console"):  # typed in her terminal
         assert "rc=0 =[42]" in seen.output, seen.output[-3000:]
     if client == "jupyter-kernel":
         assert "kernel app exited: 0" in seen.output, seen.output[-3000:]

@@ -118,28 +118,29 @@ def test_signup_refuses_bad_input_with_a_message(
 
 
 def test_people_wait_for_approval(lab: Lab, admin: HubUser) -> None:
-    alice = lab.user("alice")
-    assert alice.signup().alert == "alert-info"
-    refused = alice.login()
+    # Someone no other test of the session signs up (alice and bob are the fixtures').
+    carol = lab.user("carol")
+    assert carol.signup().alert == "alert-info"
+    refused = carol.login()
     assert refused.status != 302
     assert "has not been authorized by an administrator yet" in refused.message
-    assert lab.exec("id", "alice", check=False).returncode != 0, "account before approval"
+    assert lab.exec("id", "carol", check=False).returncode != 0, "account before approval"
 
-    admin.approve("alice")
+    admin.approve("carol")
     # Approval makes the Unix account and the home, in the lab group, never in docker.
-    groups = lab.exec("id", "-nG", "alice").stdout.split()
+    groups = lab.exec("id", "-nG", "carol").stdout.split()
     assert "lab" in groups and "docker" not in groups and "labadmin" not in groups
-    assert lab.exec("stat", "-c", "%U %G %a", "/home/alice").stdout.split() == [
-        "alice", "lab", "750",
+    assert lab.exec("stat", "-c", "%U %G %a", "/home/carol").stdout.split() == [
+        "carol", "lab", "750",
     ]  # fmt: skip
-    assert lab.exec("readlink", "/home/alice/shared").stdout.strip() == "/home/shared"
+    assert lab.exec("readlink", "/home/carol/shared").stdout.strip() == "/home/shared"
 
-    reply = alice.login()
+    reply = carol.login()
     assert reply.status == 302, reply
-    assert alice.logged_in
+    assert carol.logged_in
 
 
-def test_login_messages(lab: Lab, admin: HubUser) -> None:
+def test_login_messages(lab: Lab, admin: HubUser, alice: HubUser) -> None:
     alice = lab.user("alice")
     long = alice.login(password="x" * 73)
     assert long.status == 400 and "at most 72 bytes" in long.message
