@@ -562,7 +562,33 @@ class LabToggleAuthorizationHandler(LabPage, ToggleAuthorizationHandler):
             self.db.commit()
         if self.authenticator.manage_unix_accounts:
             await asyncio.to_thread(users.end_processes, name)
-        self.log.info("Ended %s's sessions, server and processes", name)
+        ended = await asyncio.to_thread(end_jobs_of, name, self.log)
+        self.log.info("Ended %s's sessions, server, processes and %d jobs", name, ended)
+
+
+def end_jobs_of(name: str, log: Any) -> int:
+    """Cancel a revoked member's notebook jobs and schedules (the broker owns them, outside
+    the hub: stopping her server does not end them); how many. As root, through the lab's
+    broker; a lab without one (no socket) has no jobs."""
+    from labnotebook.provisioner.broker_client import BrokerEngine
+
+    from .job_store import ENDED
+    from .settings import BROKER_SOCKET
+
+    if not BROKER_SOCKET.exists():
+        return 0
+    reason = "cancelled: its owner's access to the lab was revoked"
+    ended = 0
+    try:
+        broker = BrokerEngine(str(BROKER_SOCKET), timeout=30)
+        for job in broker.jobs(everyone=True):
+            if job.get("owner") == name and job.get("state") not in ENDED:
+                broker.job_cancel(job["id"], reason=reason)
+                ended += 1
+    except Exception:  # the revocation stands; the admin sees why the jobs did not end
+        log.exception("Could not end the notebook jobs of %s: cancel them with `labnotebook "
+                      "jobs cancel ID` as an admin", name)  # fmt: skip
+    return ended
 
 
 class LabAuthorizationAreaHandler(LabPage, AuthorizationAreaHandler):

@@ -448,8 +448,9 @@ class BrokerOperations(ExportOperations):
         return {"ok": True, "result": await self.run(self.jobs.status, peer, args["job"])}
 
     async def op_job_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        args = arguments(request, "job_cancel", job=str)
-        return {"ok": True, "result": await self.run(self.jobs.cancel, peer, args["job"])}
+        args = arguments(request, "job_cancel", job=str, reason=(str, None))
+        result = await self.run(self.jobs.cancel, peer, args["job"], args["reason"])
+        return {"ok": True, "result": result}
 
     async def op_job_logs(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         args = arguments(request, "job_logs", job=str, since=(int, 0), wait=((int, float), 0))

@@ -258,7 +258,11 @@ class NotebookJobs:
             item = self._visible(peer, identifier)
             return item.public() if isinstance(item, Schedule) else self._live(item)
 
-    def cancel(self, peer: Peer, identifier: str) -> dict[str, Any]:
+    def cancel(self, peer: Peer, identifier: str, reason: str | None = None) -> dict[str, Any]:
+        """Cancel a job or remove a schedule. `reason`, an admin's only (the hub's when it
+        revokes a member), is what the job's error then says."""
+        if reason is not None and not self.is_admin(peer):
+            raise PermissionRefused("Only the lab's admins give a reason for a cancel.")
         with self._lock:
             self._ensure_loaded()
             item = self._visible(peer, identifier)
@@ -274,7 +278,9 @@ class NotebookJobs:
                 self.runners.stop(item.container)
                 item.cancel_requested = time.monotonic()
             item.state, item.finished = CANCELLED, now()
-            item.error = "cancelled by " + ("its owner" if peer.uid == item.owner_uid else who)
+            item.error = reason or "cancelled by " + (
+                "its owner" if peer.uid == item.owner_uid else who
+            )
             self.store.save()
             self.log.info("%s cancelled job %s of %s", who, item.id, item.owner)
             return item.public()

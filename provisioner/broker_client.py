@@ -299,8 +299,10 @@ class BrokerEngine:
     def job_status(self, job: str) -> dict[str, Any]:
         return dict(self.call("job_status", job=job))
 
-    def job_cancel(self, job: str) -> dict[str, Any]:
-        return dict(self.call("job_cancel", job=job))
+    def job_cancel(self, job: str, reason: str | None = None) -> dict[str, Any]:
+        """Cancel a job or remove a schedule; `reason` (admins): what its error says."""
+        fields: dict[str, Any] = {"job": job} if reason is None else {"job": job, "reason": reason}
+        return dict(self.call("job_cancel", **fields))
 
     def job_logs(self, job: str, since: int = 0, wait: float = 0) -> dict[str, Any]:
         """The job's output lines from line `since` on: {"lines", "next", "done"}; `wait`:

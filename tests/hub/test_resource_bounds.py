@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import nbformat
 import pytest
 from labnotebook.provisioner.sizes import human_bytes
 
@@ -66,6 +67,21 @@ def test_revoking_a_member_ends_their_access_at_once(lab: Lab, admin: HubUser) -
     kernel = dave.start_kernel()
     assert _kernel_container(kernel)
     lab.exec("su", "-s", "/bin/sh", "dave", "-c", "sleep 600 >/dev/null 2>&1 &")
+    # A long notebook job and a schedule of his: the broker owns them, outside the hub.
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python-docker", "display_name": "Python"}
+    notebook.cells = [nbformat.v4.new_code_cell("import time; time.sleep(600)")]
+    long = "/home/dave/long.ipynb"
+    lab.exec("sh", "-c", f"cat > {long}", user="dave", stdin=nbformat.writes(notebook))
+    submit = f"labnotebook jobs submit {long}"
+    jobs = [
+        _as_member(lab, "dave", f"{submit} {extra}").split()[-1]
+        for extra in ("", "--every '0 3 * * *'")
+    ]
+    deadline = time.monotonic() + 120
+    while _job(lab, jobs[0])["state"] != "running":
+        assert time.monotonic() < deadline, _job(lab, jobs[0])
+        time.sleep(1)
 
     admin.login()
     # The Revoke button on /hub/authorize: its form, as the browser would send it.
@@ -85,6 +101,28 @@ def test_revoking_a_member_ends_their_access_at_once(lab: Lab, admin: HubUser) -
     assert not _kernel_container(kernel), "the revoked member's kernel still runs"
     assert lab.exec("pgrep", "-u", "dave", check=False).returncode != 0
     assert "has not been authorized" in lab.user("dave").login().message
+    # His job is cancelled with the reason, his schedule gone, and nothing of them is left.
+    ended = _job(lab, jobs[0])
+    assert ended["state"] == "cancelled" and "access to the lab was revoked" in ended["error"]
+    assert jobs[1] not in _as_member(lab, "root", "labnotebook jobs ls --all --json")
+    deadline = time.monotonic() + 60
+    while left := run(
+        "docker", "ps", "-aq", "--filter", f"label=org.labnotebook.job-id={jobs[0]}"
+    ).stdout.split():
+        assert time.monotonic() < deadline, f"the revoked member's job still runs: {left}"
+        time.sleep(1)
+
+
+def _as_member(lab: Lab, user: str, command: str) -> str:
+    """`command` in a login shell of `user`'s (as her terminal runs it); its output."""
+    home = "/root" if user == "root" else f"/home/{user}"
+    done = run("docker", "exec", "-u", user, "-e", f"HOME={home}", lab.name, "bash", "-lc", command)
+    return done.stdout
+
+
+def _job(lab: Lab, job: str) -> dict:
+    """The job as an admin sees it (root in the hub is one)."""
+    return json.loads(_as_member(lab, "root", f"labnotebook jobs status {job} --json"))
 
 
 # -- one member's runaway code, contained ------------------------------------------------------
