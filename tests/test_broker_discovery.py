@@ -7,7 +7,6 @@ stand-in engine, see test_broker_protocol.FakeEngine) where the broker answers. 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -22,16 +21,14 @@ from typing import Any
 import pytest
 from jupyter_client.kernelspec import KernelSpec
 from labnotebook.hub import settings as hub_settings
-from labnotebook.hub.broker import KernelBroker
 from labnotebook.provisioner import DockerKernelProvisioner, image_backends
 from labnotebook.provisioner import broker_protocol as protocol
 from labnotebook.provisioner.broker_client import BrokerEngine
 from labnotebook.provisioner.errors import EngineUnreachable, KernelConfigError
 from labnotebook.provisioner.local_engine import LocalEngine
-from traitlets.config import Config
 
 from .broker_helpers import NOBODY
-from .test_broker_protocol import FakeEngine
+from .test_broker_protocol import start_in_process
 
 IMAGE = "labnotebook/kernel-python:latest"
 
@@ -194,27 +191,12 @@ def test_a_members_socket_gets_no_secrets(
 @contextlib.asynccontextmanager
 async def lab_broker(folder: Path, lab_mounts: list[str]) -> AsyncIterator[str]:
     """The real broker, in this process (its peer), with the lab's mounts."""
-    folder.mkdir(mode=0o755)
-    path = str(folder / "broker.sock")
-    config = Config(
-        {
-            "KernelBroker": {"socket_path": path, "reap_interval": 0},
-            "LaunchPolicy": {"allow_root": True, "min_uid": 0, "lab_mounts": lab_mounts},
-        }
-    )
-    broker = KernelBroker(engine=FakeEngine(), config=config)
-    broker.initialize([])
-    stop = asyncio.Event()
-    task = asyncio.create_task(broker.serve(stop))
-    for _ in range(200):
-        if os.path.exists(path):
-            break
-        await asyncio.sleep(0.01)
+    started = await start_in_process(folder, policy={"min_uid": 0, "lab_mounts": lab_mounts})
     try:
-        yield path
+        yield started.socket
     finally:
-        stop.set()
-        await task
+        started.stop.set()
+        await started.task
 
 
 def through(path: str, **config: Any) -> DockerKernelProvisioner:

@@ -124,7 +124,11 @@ class InProcessBroker:
     task: asyncio.Task[None]
 
 
-async def start_in_process(folder: Path, **settings: Any) -> InProcessBroker:
+async def start_in_process(
+    folder: Path, policy: dict[str, Any] | None = None, **settings: Any
+) -> InProcessBroker:
+    """The real broker in this process, over a FakeEngine; `settings` are KernelBroker's,
+    `policy` adds to LaunchPolicy's."""
     folder.mkdir(mode=0o755, exist_ok=True)
     path = str(folder / "broker.sock")
     engine = FakeEngine()
@@ -132,7 +136,7 @@ async def start_in_process(folder: Path, **settings: Any) -> InProcessBroker:
         {
             "KernelBroker": {"socket_path": path, "reap_interval": 0, **settings},
             # The test process is the peer: as root it must be allowed, as a user it is.
-            "LaunchPolicy": {"allow_root": True},
+            "LaunchPolicy": {"allow_root": True, **(policy or {})},
         }
     )
     broker = KernelBroker(engine=engine, config=config)
