@@ -202,7 +202,11 @@ def test_a_lab_is_set_up_and_used_in_the_browser(fresh_lab: Lab, browser) -> Non
         assert page.locator("h1").inner_text() == f"Log in to {LAB_TITLE}"
         admin.shot("05-login-page")
         admin.log_in(PASSWORDS["admin"])
-        page.wait_for_url(re.compile(r"/(hub/spawn|hub/home|user/admin/)"))
+        # Where the login leads in the end: her JupyterLab (the hub spawns her server on the
+        # way, through /hub/spawn-pending) or the hub's home. Not a page on the way, or the
+        # next step's navigation is interrupted by the rest of the redirects.
+        page.wait_for_url(re.compile(r"/(hub/home|user/admin/lab)"), timeout=180_000)
+        page.wait_for_load_state()
 
         # -- 4. a member signs up and is told an admin must approve them ----------------------
         frida.open("hub/signup")
