@@ -11,7 +11,8 @@
 # its own.
 LAB_ENV = $(foreach setting,$(HUB_SETTINGS),$(setting)="$($(setting))")
 
-.PHONY: up down logs backup restore upgrade hub-image hub-image-if-missing
+.PHONY: up down logs backup backup-schedule restore upgrade import migrate settings hub-image \
+	hub-image-if-missing
 
 hub-image: base-image
 	images/build.sh hub $(HUB_IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE)
@@ -36,3 +37,12 @@ restore: hub-image-if-missing
 
 upgrade: images-if-missing hub-image
 	@$(LAB_ENV) hub/lab.sh upgrade
+
+backup-schedule:
+	@$(LAB_ENV) hub/lab.sh backup-schedule
+
+import: hub-image-if-missing
+	@$(LAB_ENV) hub/lab.sh import
+
+migrate: images-if-missing hub-image-if-missing
+	@$(LAB_ENV) hub/lab.sh migrate

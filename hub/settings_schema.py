@@ -74,6 +74,9 @@ class Setting:
     (a setting added after the others, which an older `make up` does not pass)."""
     make_default: bool = False
     """make needs the default itself (the images it builds before lab.sh runs)."""
+    kept: bool = True
+    """Written to the lab's settings file when given, so every later command of the lab uses
+    it. False: it names what one command acts on (an archive, a member, a folder)."""
 
     def resolved(self, environ: Mapping[str, str], earlier: Mapping[str, str]) -> str:
         """The value from `environ`, or the default (with the value of the LAB it names, one of
@@ -81,7 +84,7 @@ class Setting:
         return environ.get(self.name) or string.Template(self.default).substitute(earlier)
 
 
-HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, JOBS, COMMANDS = (
+HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, JOBS, BACKUPS, DATA, COMMANDS = (
     "The lab and its hub",
     "Docker network and volumes",
     "HTTPS and sign-in",
@@ -91,7 +94,9 @@ HUB, VOLUMES, ACCESS, MEMBERS, IDLE, RESOURCES, GPUS, BUILDS, JOBS, COMMANDS = (
     "GPUs",
     "Kernel images members build",
     "Notebook jobs",
-    "Backups, logs and waiting for the hub",
+    "Backups",
+    "Data in and out: imports and the move from the original labnotebook",
+    "Commands: their settings file, logs and waiting for the hub",
 )
 
 SETTINGS: tuple[Setting, ...] = (
@@ -212,16 +217,45 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("JOB_QUEUE_PER_MEMBER", "10", "count", JOBS, field="job_queue_per_member",
         missing="default", help="""Notebook jobs one member may have waiting at once; a
         submit beyond it is refused with a message."""),
-    Setting("BACKUP_DIR", "backups", "path", COMMANDS,
+    Setting("BACKUP_DIR", "backups", "path", BACKUPS,
         help="The folder `make backup` writes its archives to."),
-    Setting("BACKUP", "", "path", COMMANDS, help="The archive `make restore` restores."),
-    Setting("FORCE", "", "flag", COMMANDS, help="""yes: `make restore` replaces the lab's
-        existing volumes."""),
+    Setting("BACKUP_IMAGES", "recorded", "text", BACKUPS, help="""The kernel images a backup
+        carries, so that notebooks re-run after a restore onto another host: `recorded`, those
+        that members' notebooks record (and the lab's kernel image); `members`, every image
+        members built or published too; `none`."""),
+    Setting("BACKUP_KEEP", "7", "count", BACKUPS, help="""The archives of the nightly backup
+        (`make backup-schedule`) kept in BACKUP_DIR; older ones are removed."""),
+    Setting("BACKUP_AT", "03:00", "text", BACKUPS, help="""When the nightly backup runs, as
+        the host's local time HH:MM (`make backup-schedule`)."""),
+    Setting("RESTIC_REPOSITORY", "", "text", BACKUPS, help="""An off-host copy: after each
+        backup, restic (Debian's `restic` package) stores BACKUP_DIR in this repository, e.g.
+        sftp:backup@nas.example.org:/labnotebook or s3:s3.example.org/bucket. Empty: none."""),
+    Setting("RESTIC_PASSWORD_FILE", "", "path", BACKUPS, help="""The root-only file with the
+        restic repository's password (needed with RESTIC_REPOSITORY)."""),
+    Setting("BACKUP", "", "path", BACKUPS, kept=False,
+        help="The archive `make restore` restores."),
+    Setting("MEMBER", "", "text", BACKUPS, kept=False, help="""`make restore BACKUP=...
+        MEMBER=alice`: restore only alice's home, into the running lab, leaving everyone
+        else's untouched."""),
+    Setting("FORCE", "", "flag", BACKUPS, kept=False, help="""yes: `make restore` replaces
+        the lab's existing volumes."""),
+    Setting("SRC", "", "path", DATA, kept=False, help="""`make import`: the host folder or
+        file to copy into the lab."""),
+    Setting("DEST", "", "text", DATA, kept=False, help="""`make import`: where under
+        /home/shared it goes, e.g. readonly/atlas-v2."""),
+    Setting("FROM_HOMES", "", "text", DATA, kept=False, help="""`make migrate`: the volume
+        holding the original labnotebook's /home (labnotebook-homedirs)."""),
+    Setting("FROM_ETC", "", "text", DATA, kept=False, help="""`make migrate`: the volume
+        holding the original labnotebook's /etc (labnotebook-etc)."""),
+    Setting("SETTINGS_FILE", "lab-settings/$LAB.env", "path", COMMANDS, kept=False,
+        help="""The lab's settings file (root-only, git-ignored): every setting given to a
+        command is kept there for the later ones. `make settings` shows them."""),
     Setting("READY_TIMEOUT", "180", "seconds", COMMANDS,
         help="Seconds `make up` waits for the hub to answer."),
-    Setting("TAIL", "200", "count", COMMANDS, help="The log lines `make logs` shows first."),
-    Setting("FOLLOW", "yes", "flag", COMMANDS, help="""yes: `make logs` follows the log; no:
-        it shows the last lines and ends."""),
+    Setting("TAIL", "200", "count", COMMANDS, kept=False,
+        help="The log lines `make logs` shows first."),
+    Setting("FOLLOW", "yes", "flag", COMMANDS, kept=False, help="""yes: `make logs` follows
+        the log; no: it shows the last lines and ends."""),
 )  # fmt: skip
 
 BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
